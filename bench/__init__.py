@@ -1,0 +1,1 @@
+"""Benchmarks: per-network latency and FLOPs (`python -m bench.networks`)."""

@@ -1,0 +1,48 @@
+"""Model runners: one interface (`Runner`), several backends behind it."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from engines.base import ModelLoadError, Runner, TensorSpec
+from engines.select import BACKENDS, BackendChoice, BackendUnavailable, choose_backend
+
+log = logging.getLogger(__name__)
+
+
+def open_runner(path: Path, backend: str = "cpu", *, precision: str = "fp16", engine_dir: Path | None = None) -> Runner:
+    """Open one model (an .onnx file of the models folder) with the named backend.
+
+    "cpu" and "cuda" run the ONNX file with ONNX Runtime; "tensorrt" runs its cached engine (built first when
+    missing or stale, in `engine_dir`, by default <models>/engines); "auto" takes the first of those that works.
+    """
+    path = Path(path)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        choice = choose_backend("auto", path.parent, precision)
+        log.info("%s: %s", path.name, choice.reason)
+        backend = choice.name
+    if backend == "tensorrt":
+        from export.trt_build import open_trt_runner
+        from export.trt_cache import default_engine_dir
+
+        runner: Runner = open_trt_runner(path, engine_dir or default_engine_dir(path.parent), precision, log.info)
+    else:
+        from engines.ort import OrtRunner
+
+        runner = OrtRunner(path, device=backend)
+    log.info("%s runs on %s", path.name, runner.backend)
+    return runner
+
+
+__all__ = [
+    "BACKENDS",
+    "BackendChoice",
+    "BackendUnavailable",
+    "ModelLoadError",
+    "Runner",
+    "TensorSpec",
+    "choose_backend",
+    "open_runner",
+]

@@ -1,0 +1,85 @@
+"""ONNX Runtime backend (CPU and CUDA execution providers)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from engines.base import ModelLoadError, Runner, TensorSpec
+
+log = logging.getLogger(__name__)
+
+_ORT_DTYPES = {
+    "tensor(float)": np.dtype(np.float32),
+    "tensor(float16)": np.dtype(np.float16),
+    "tensor(int64)": np.dtype(np.int64),
+    "tensor(int32)": np.dtype(np.int32),
+    "tensor(uint8)": np.dtype(np.uint8),
+}
+
+
+def cuda_available() -> bool:
+    """True when the installed onnxruntime build offers the CUDA execution provider."""
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def _spec(arg: object) -> TensorSpec:
+    shape = tuple(d if isinstance(d, int) else None for d in arg.shape)  # type: ignore[attr-defined]
+    return TensorSpec(arg.name, shape, _ORT_DTYPES.get(arg.type, np.dtype(np.float32)))  # type: ignore[attr-defined]
+
+
+class OrtRunner(Runner):
+    """One onnxruntime InferenceSession.
+
+    `device` is "cpu", "cuda" or "auto". ONNX Runtime silently falls back to CPU when CUDA cannot start, so the
+    backend name comes from the providers the session actually got, not from what was asked.
+    """
+
+    def __init__(self, path: Path, device: str = "auto", threads: int = 0) -> None:
+        super().__init__(path)
+        import onnxruntime as ort
+
+        if not self.path.is_file():
+            raise ModelLoadError(f"model file {self.path} is missing; run `python -m export onnx` to create it")
+        want_cuda = device == "cuda" or (device == "auto" and cuda_available())
+        if device == "cuda" and not cuda_available():
+            raise ModelLoadError(
+                "ONNX Runtime CUDA was asked for, but this onnxruntime has no CUDA provider; "
+                "install requirements-gpu.txt or choose the CPU device"
+            )
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if want_cuda else ["CPUExecutionProvider"]
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own untyped errors for corrupt files
+            raise ModelLoadError(
+                f"{self.path} could not be loaded ({str(exc).splitlines()[0][:200]}); "
+                "the file is corrupt or from another version: delete it and run `python -m export onnx` again"
+            ) from exc
+        got = self.session.get_providers()
+        self.backend = "onnxruntime-cuda" if "CUDAExecutionProvider" in got else "onnxruntime-cpu"
+        if want_cuda and self.backend != "onnxruntime-cuda":
+            log.warning("%s: CUDA provider failed to start, running on CPU", self.path.name)
+        self._inputs = [_spec(a) for a in self.session.get_inputs()]
+        self._outputs = [_spec(a) for a in self.session.get_outputs()]
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self._outputs
+
+    def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.check_feeds(feeds)
+        typed = {s.name: np.ascontiguousarray(feeds[s.name], dtype=s.dtype) for s in self._inputs}
+        values = self.session.run(None, typed)
+        return {s.name: v for s, v in zip(self._outputs, values)}

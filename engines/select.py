@@ -1,0 +1,126 @@
+"""Which backend runs the models: TensorRT, ONNX Runtime CUDA or ONNX Runtime CPU, and why, in one sentence.
+
+Each fact comes from a probe that actually tries the thing (import TensorRT, ask CUDA for a device, open an ONNX
+Runtime session and read the providers it got, since ONNX Runtime silently falls back to CPU), so the reason
+shown to the user is what happened on this machine, not what was installed.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+from engines.base import ModelLoadError
+from engines.trt import GpuInfo, gpu_info, import_tensorrt
+
+#: user-facing backend names; "auto" picks the first that works of tensorrt, cuda, cpu
+BACKENDS = ("auto", "cpu", "cuda", "tensorrt")
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend that was asked for by name cannot run here; the message says why and what to choose."""
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    """The backend to use ("tensorrt", "cuda" or "cpu") and a sentence the app and CLI show."""
+
+    name: str
+    reason: str
+
+
+def probe_tensorrt() -> str:
+    """The TensorRT version, or ModelLoadError saying why it is unusable."""
+    return str(import_tensorrt().__version__)
+
+
+#: the first NVIDIA GPU or None; asked once per process
+probe_gpu = functools.lru_cache(maxsize=1)(gpu_info)
+
+
+@functools.lru_cache(maxsize=1)
+def probe_ort_providers() -> tuple[str, ...]:
+    """The providers a real session got when CUDA was asked for (a tiny in-memory conv model)."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return ("CPUExecutionProvider",)
+    weight = numpy_helper.from_array(np.ones((1, 1, 1, 1), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"])],
+        "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 2, 2])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    try:
+        session = ort.InferenceSession(
+            model.SerializeToString(), options, providers=["CUDAExecutionProvider", "CPUExecutionProvider"]
+        )
+    except Exception:  # onnxruntime raises untyped errors when a CUDA library is missing
+        return ("CPUExecutionProvider",)
+    return tuple(session.get_providers())
+
+
+def engines_state(models_dir: Path, gpu: GpuInfo, trt_version: str, precision: str) -> str | None:
+    """'ready' when every model has an up-to-date engine, 'buildable' when the ONNX files are there, else None."""
+    from export.layout import MODEL_FILES
+    from export.trt_build import engine_precision
+    from export.trt_cache import EngineKey, default_engine_dir, engine_path, file_sha256, stale_reason
+
+    onnx_files = [Path(models_dir) / name for name in MODEL_FILES.values()]
+    if not all(path.is_file() for path in onnx_files):
+        return None
+    cc = f"{gpu.compute_capability[0]}.{gpu.compute_capability[1]}"
+    for path in onnx_files:
+        key = EngineKey(gpu.name, cc, trt_version, engine_precision(path.stem, precision), file_sha256(path))
+        if stale_reason(engine_path(default_engine_dir(models_dir), path.stem, key), key) is not None:
+            return "buildable"
+    return "ready"
+
+
+def _tensorrt_problem(models_dir: Path, precision: str) -> tuple[str | None, str]:
+    """(None, what TensorRT will do) when it can run, else (the problem, "")."""
+    try:
+        version = probe_tensorrt()
+    except ModelLoadError as exc:  # "<problem>; <fix>": the reason sentence wants the problem only
+        return str(exc).split("; ")[0], ""
+    gpu = probe_gpu()
+    if gpu is None:
+        return "no NVIDIA GPU was found", ""
+    state = engines_state(models_dir, gpu, version, precision)
+    if state is None:
+        return f"{models_dir} lacks the ONNX models to build engines from", ""
+    where = f"TensorRT {version} on {gpu.name} ({gpu.sm}), {precision}"
+    if state == "ready":
+        return None, f"{where}: engines are ready"
+    return None, f"{where}: engines will be built on first use (several minutes, once per GPU)"
+
+
+def choose_backend(requested: str, models_dir: Path, precision: str = "fp16") -> BackendChoice:
+    """Pick the backend: a named one if it can run (else BackendUnavailable), or for "auto" the first that can."""
+    if requested not in BACKENDS:
+        raise ValueError(f"unknown backend {requested!r}; choose one of {', '.join(BACKENDS)}")
+    if requested == "cpu":
+        return BackendChoice("cpu", "ONNX Runtime on the CPU, as asked.")
+    trt_problem = None
+    if requested in ("auto", "tensorrt"):
+        trt_problem, plan = _tensorrt_problem(Path(models_dir), precision)
+        if trt_problem is None:
+            return BackendChoice("tensorrt", plan + ".")
+        if requested == "tensorrt":
+            raise BackendUnavailable(f"TensorRT was asked for, but {trt_problem}; choose the cuda, cpu or auto backend")
+    providers = probe_ort_providers()
+    if "CUDAExecutionProvider" in providers:
+        reason = "ONNX Runtime with CUDA" + (f" (TensorRT not used: {trt_problem})" if trt_problem else "") + "."
+        return BackendChoice("cuda", reason)
+    cuda_problem = "ONNX Runtime's CUDA provider did not start (no GPU, or onnxruntime-gpu and its CUDA libraries are missing)"
+    if requested == "cuda":
+        raise BackendUnavailable(f"ONNX Runtime CUDA was asked for, but {cuda_problem}; choose the cpu or auto backend")
+    return BackendChoice("cpu", f"ONNX Runtime on the CPU: {trt_problem}, and {cuda_problem}.")

@@ -1,0 +1,428 @@
+"""TensorRT backend: one engine per model, buffers allocated once, all work queued on CUDA streams.
+
+The bookkeeping (which tensors, what shapes, how many bytes, which address is bound) is plain Python that runs
+against any object with the TensorRT engine/context methods, so it is unit-tested with fakes on machines without
+a GPU. The CUDA calls go through `CudaRuntime`, a thin checked wrapper over NVIDIA's cuda-python, which tests
+replace with a host-memory fake.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
+
+import numpy as np
+
+from engines.base import ModelLoadError, Runner, TensorSpec
+
+log = logging.getLogger(__name__)
+
+#: the first TensorRT whose grid-sample layer takes 5-D input natively (the warping module needs it)
+MIN_TENSORRT = (11, 2)
+
+#: TensorRT DataType names -> numpy dtypes (by name, so fakes and both TensorRT flavours map the same way)
+TRT_DTYPES = {
+    "FLOAT": np.dtype(np.float32),
+    "HALF": np.dtype(np.float16),
+    "INT8": np.dtype(np.int8),
+    "UINT8": np.dtype(np.uint8),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "BOOL": np.dtype(np.bool_),
+}
+
+
+class CudaError(RuntimeError):
+    """A CUDA runtime call failed; the message names the call and CUDA's error."""
+
+
+class StaleEngineError(ModelLoadError):
+    """TensorRT could not deserialise an engine file (other TensorRT version or GPU, or a corrupt file)."""
+
+
+def version_tuple(text: str) -> tuple[int, ...]:
+    """'11.4.0.106' -> (11, 4, 0, 106); non-numeric parts end the tuple."""
+    parts: list[int] = []
+    for piece in text.split("."):
+        if not piece.isdigit():
+            break
+        parts.append(int(piece))
+    return tuple(parts)
+
+
+def import_tensorrt() -> Any:
+    """The `tensorrt` module, or a ModelLoadError that says how to get a usable one."""
+    try:
+        import tensorrt as trt
+    except (ImportError, OSError) as exc:
+        raise ModelLoadError(
+            f"TensorRT is not installed ({exc}); pip install -r requirements-gpu.txt or choose another backend"
+        ) from exc
+    if version_tuple(trt.__version__)[:2] < MIN_TENSORRT:
+        raise ModelLoadError(
+            f"TensorRT {trt.__version__} is too old (11.2 or newer has the native 5-D grid sample); "
+            "pip install -r requirements-gpu.txt"
+        )
+    return trt
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    """What an engine is specific to: the GPU model and its compute capability."""
+
+    name: str
+    compute_capability: tuple[int, int]
+    memory_bytes: int = 0
+
+    @property
+    def sm(self) -> str:
+        return f"sm{self.compute_capability[0]}{self.compute_capability[1]}"
+
+
+class CudaRuntime:
+    """The few CUDA runtime calls the runners need. cuda-python returns error codes, so every call is checked."""
+
+    def __init__(self) -> None:
+        try:
+            from cuda.bindings import runtime
+        except ImportError as exc:
+            raise ModelLoadError(
+                f"cuda-python is not importable ({exc}); pip install -r requirements-gpu.txt"
+            ) from exc
+        self.rt = runtime
+
+    def _call(self, name: str, *args: Any) -> Any:
+        result = getattr(self.rt, name)(*args)
+        err, values = result[0], result[1:]
+        if err != self.rt.cudaError_t.cudaSuccess:
+            raise CudaError(f"{name} failed: {err.name}")
+        return values[0] if len(values) == 1 else values or None
+
+    def device(self, index: int = 0) -> GpuInfo:
+        props = self._call("cudaGetDeviceProperties", index)
+        name = props.name.decode(errors="replace").rstrip("\0") if isinstance(props.name, bytes) else str(props.name)
+        return GpuInfo(name, (int(props.major), int(props.minor)), int(props.totalGlobalMem))
+
+    def malloc(self, nbytes: int) -> int:
+        return int(self._call("cudaMalloc", max(nbytes, 1)))
+
+    def free(self, ptr: int) -> None:
+        self._call("cudaFree", ptr)
+
+    def malloc_host(self, nbytes: int) -> int:
+        """Pinned (page-locked) host memory: needed for truly asynchronous copies."""
+        return int(self._call("cudaMallocHost", max(nbytes, 1)))
+
+    def free_host(self, ptr: int) -> None:
+        self._call("cudaFreeHost", ptr)
+
+    def copy_htod(self, dst: int, src: int, nbytes: int, stream: Any) -> None:
+        self._call("cudaMemcpyAsync", dst, src, nbytes, self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice, stream)
+
+    def copy_dtoh(self, dst: int, src: int, nbytes: int, stream: Any) -> None:
+        self._call("cudaMemcpyAsync", dst, src, nbytes, self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, stream)
+
+    def stream_create(self) -> Any:
+        return self._call("cudaStreamCreateWithFlags", self.rt.cudaStreamNonBlocking)
+
+    def stream_sync(self, stream: Any) -> None:
+        self._call("cudaStreamSynchronize", stream)
+
+    def stream_destroy(self, stream: Any) -> None:
+        self._call("cudaStreamDestroy", stream)
+
+    def event_create(self, timing: bool = False) -> Any:
+        return self._call("cudaEventCreateWithFlags", 0 if timing else self.rt.cudaEventDisableTiming)
+
+    def event_record(self, event: Any, stream: Any) -> None:
+        self._call("cudaEventRecord", event, stream)
+
+    def event_elapsed_ms(self, start: Any, end: Any) -> float:
+        self._call("cudaEventSynchronize", end)
+        return float(self._call("cudaEventElapsedTime", start, end))
+
+    def event_destroy(self, event: Any) -> None:
+        self._call("cudaEventDestroy", event)
+
+    def stream_wait_event(self, stream: Any, event: Any) -> None:
+        self._call("cudaStreamWaitEvent", stream, event, 0)
+
+    def capture_begin(self, stream: Any) -> None:
+        self._call("cudaStreamBeginCapture", stream, self.rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal)
+
+    def capture_end(self, stream: Any) -> Any:
+        """End a capture and instantiate it: the executable graph replays the captured work in one launch."""
+        graph = self._call("cudaStreamEndCapture", stream)
+        executable = self._call("cudaGraphInstantiate", graph, 0)
+        self._call("cudaGraphDestroy", graph)
+        return executable
+
+    def graph_launch(self, executable: Any, stream: Any) -> None:
+        self._call("cudaGraphLaunch", executable, stream)
+
+    def graph_destroy(self, executable: Any) -> None:
+        self._call("cudaGraphExecDestroy", executable)
+
+
+def gpu_info() -> GpuInfo | None:
+    """The first NVIDIA GPU, or None where there is no driver, no GPU or no cuda-python."""
+    try:
+        cuda = CudaRuntime()
+        if cuda._call("cudaGetDeviceCount") < 1:
+            return None
+        return cuda.device(0)
+    except (ModelLoadError, CudaError, OSError, RuntimeError) as exc:
+        log.debug("no usable GPU: %s", exc)
+        return None
+
+
+def stream_handle(stream: Any) -> int:
+    """The integer handle TensorRT's execute_async_v3 takes, from a cuda-python stream or a plain int."""
+    return int(stream)
+
+
+def host_view(ptr: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A numpy array over raw host memory (pinned buffers); the caller keeps the memory alive."""
+    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    raw = (ctypes.c_uint8 * max(nbytes, 1)).from_address(ptr)
+    return np.frombuffer(raw, dtype=np.uint8, count=nbytes).view(dtype).reshape(shape)
+
+
+@dataclass(frozen=True)
+class IoTensor:
+    """One engine input or output: its static shape, dtype and buffer size."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    is_input: bool
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+    def spec(self) -> TensorSpec:
+        return TensorSpec(self.name, self.shape, self.dtype)
+
+
+def engine_io(engine: Any, source: str = "engine") -> list[IoTensor]:
+    """The engine's I/O tensors in engine order; dynamic shapes and unknown dtypes are refused (we build static)."""
+    tensors = []
+    for index in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(index)
+        shape = tuple(int(d) for d in engine.get_tensor_shape(name))
+        dtype_name = engine.get_tensor_dtype(name).name
+        if any(d < 0 for d in shape):
+            raise ModelLoadError(
+                f"{source}: tensor {name!r} has a dynamic shape {shape}; engines must be built with static shapes "
+                "by `python -m export trt`"
+            )
+        if dtype_name not in TRT_DTYPES:
+            raise ModelLoadError(f"{source}: tensor {name!r} has type {dtype_name}, which this runner cannot feed")
+        is_input = engine.get_tensor_mode(name).name == "INPUT"
+        tensors.append(IoTensor(name, shape, TRT_DTYPES[dtype_name], is_input))
+    return tensors
+
+
+@dataclass(frozen=True)
+class DeviceArray:
+    """A tensor in GPU memory. Feed it to another runner to skip the host round trip (warp -> decode)."""
+
+    ptr: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+
+def deserialize_engine(runtime: Any, path: Path) -> Any:
+    """TensorRT returns None (it does not raise) for a plan from another version or GPU: turn that into an error."""
+    engine = runtime.deserialize_cuda_engine(Path(path).read_bytes())
+    if engine is None:
+        raise StaleEngineError(
+            f"{path} could not be deserialised (built by another TensorRT version or for another GPU, or corrupt); "
+            "delete it and run `python -m export trt` again"
+        )
+    return engine
+
+
+class TrtRunner(Runner):
+    """One TensorRT engine behind the Runner interface.
+
+    Device buffers and pinned host buffers are allocated once, at load. `enqueue` queues copies and the engine on
+    a stream and returns the outputs as DeviceArrays (valid until this runner's next enqueue); `fetch` copies them
+    back. `infer` is both, for the numpy-only callers. With `cuda_graph=True` the engine launch is captured once
+    and replayed, which is valid while the bound addresses stay the same (static shapes make that the norm).
+    """
+
+    backend = "tensorrt"
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        cuda: Any = None,
+        trt: Any = None,
+        stream: Any = None,
+        cuda_graph: bool = False,
+    ) -> None:
+        super().__init__(path)
+        if not self.path.is_file():
+            raise ModelLoadError(
+                f"engine file {self.path} is missing; run `python -m export trt --onnx MODELS --out ENGINES`"
+            )
+        trt = trt if trt is not None else import_tensorrt()
+        self._cuda = cuda if cuda is not None else CudaRuntime()
+        self._buffers: list[tuple[str, int]] = []
+        self._graph: Any = None
+        self._bound: dict[str, int] = {}
+        self._use_graph = cuda_graph
+        self._owns_stream = stream is None
+        self.stream = self._cuda.stream_create() if stream is None else stream
+        try:
+            self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+            self.engine = deserialize_engine(self._runtime, self.path)
+            self.context = self.engine.create_execution_context()
+            if self.context is None:
+                raise ModelLoadError(f"{self.path.name}: TensorRT could not create an execution context (GPU memory full?)")
+            self._io = engine_io(self.engine, self.path.name)
+            self._device = {t.name: self._alloc("device", t.nbytes) for t in self._io}
+            self._host = {t.name: host_view(self._alloc("host", t.nbytes), t.shape, t.dtype) for t in self._io}
+            for tensor in self._io:
+                self._bind(tensor.name, self._device[tensor.name])
+        except BaseException:
+            self.close()
+            raise
+
+    def _alloc(self, kind: str, nbytes: int) -> int:
+        ptr = self._cuda.malloc(nbytes) if kind == "device" else self._cuda.malloc_host(nbytes)
+        self._buffers.append((kind, ptr))
+        return ptr
+
+    def _bind(self, name: str, ptr: int) -> None:
+        if self._bound.get(name) != ptr:
+            if not self.context.set_tensor_address(name, ptr):
+                raise CudaError(f"{self.path.name}: TensorRT refused the address of tensor {name!r}")
+            self._bound[name] = ptr
+            self._drop_graph()
+
+    def _drop_graph(self) -> None:
+        if self._graph is not None:
+            self._cuda.graph_destroy(self._graph)
+            self._graph = None
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return [t.spec() for t in self._io if t.is_input]
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return [t.spec() for t in self._io if not t.is_input]
+
+    def enqueue(self, feeds: Mapping[str, np.ndarray | DeviceArray], stream: Any = None) -> dict[str, DeviceArray]:
+        """Queue one run: numpy inputs go through the pinned buffers, DeviceArray inputs are bound in place."""
+        self.check_feeds(feeds)
+        stream = self.stream if stream is None else stream
+        for tensor in self._io:
+            if not tensor.is_input:
+                continue
+            value = feeds[tensor.name]
+            if isinstance(value, DeviceArray):
+                if np.dtype(value.dtype) != tensor.dtype:
+                    raise ValueError(
+                        f"{self.path.name}: device input {tensor.name!r} is {np.dtype(value.dtype)}, "
+                        f"the engine takes {tensor.dtype}"
+                    )
+                self._bind(tensor.name, value.ptr)
+            else:
+                np.copyto(self._host[tensor.name], value, casting="same_kind")
+                self._cuda.copy_htod(self._device[tensor.name], self._host[tensor.name].ctypes.data, tensor.nbytes, stream)
+                self._bind(tensor.name, self._device[tensor.name])
+        self._execute(stream)
+        return {t.name: DeviceArray(self._device[t.name], t.shape, t.dtype) for t in self._io if not t.is_input}
+
+    def _execute(self, stream: Any) -> None:
+        if self._graph is not None:
+            self._cuda.graph_launch(self._graph, stream)
+            return
+        if not self.context.execute_async_v3(stream_handle(stream)):
+            raise CudaError(f"{self.path.name}: TensorRT failed to enqueue the engine")
+        if self._use_graph:  # TensorRT sets itself up on the first run, so capture only after one real run
+            self._cuda.capture_begin(stream)
+            self.context.execute_async_v3(stream_handle(stream))
+            self._graph = self._cuda.capture_end(stream)
+
+    def fetch(self, names: Iterable[str] | None = None, stream: Any = None) -> dict[str, np.ndarray]:
+        """Copy outputs (all, or the named ones) to the host, wait for the stream, return owned arrays."""
+        stream = self.stream if stream is None else stream
+        chosen = None if names is None else set(names)
+        wanted = [t for t in self._io if not t.is_input and (chosen is None or t.name in chosen)]
+        for tensor in wanted:
+            self._cuda.copy_dtoh(self._host[tensor.name].ctypes.data, self._device[tensor.name], tensor.nbytes, stream)
+        self._cuda.stream_sync(stream)
+        return {t.name: self._host[t.name].copy() for t in wanted}
+
+    def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.enqueue(feeds)
+        return self.fetch()
+
+    def close(self) -> None:
+        if getattr(self, "_cuda", None) is None:
+            return
+        self._drop_graph()
+        for kind, ptr in reversed(self._buffers):
+            (self._cuda.free if kind == "device" else self._cuda.free_host)(ptr)
+        self._buffers = []
+        if self._owns_stream and getattr(self, "stream", None) is not None:
+            self._cuda.stream_destroy(self.stream)
+        self.stream = None
+        self.context = None
+        self.engine = None
+        self._cuda = None
+
+
+F = TypeVar("F")
+M = TypeVar("M")
+R = TypeVar("R")
+
+
+class TwoStreamPipeline:
+    """Frame n+1's motion extraction runs on one stream while frame n's warp + decode runs on another.
+
+    `extract(frame, stream)` queues the motion extractor (and may wait for it, to do the per-frame keypoint math
+    on the host while the other stream keeps the GPU busy). `render(motion, stream)` queues warp + decode and
+    returns a function that waits for them and gives the frame. An event orders render after extract on the
+    device, so extract may hand over DeviceArrays.
+    """
+
+    def __init__(self, cuda: Any) -> None:
+        self.cuda = cuda
+        self.motion_stream = cuda.stream_create()
+        self.render_stream = cuda.stream_create()
+        self._motion_done = cuda.event_create()
+
+    def run(
+        self,
+        frames: Iterable[F],
+        extract: Callable[[F, Any], M],
+        render: Callable[[M, Any], Callable[[], R]],
+    ) -> Iterator[R]:
+        pending: Callable[[], R] | None = None
+        for frame in frames:
+            motion = extract(frame, self.motion_stream)
+            self.cuda.event_record(self._motion_done, self.motion_stream)
+            if pending is not None:
+                yield pending()
+            self.cuda.stream_wait_event(self.render_stream, self._motion_done)
+            pending = render(motion, self.render_stream)
+        if pending is not None:
+            yield pending()
+
+    def close(self) -> None:
+        self.cuda.event_destroy(self._motion_done)
+        self.cuda.stream_destroy(self.motion_stream)
+        self.cuda.stream_destroy(self.render_stream)

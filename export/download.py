@@ -1,0 +1,108 @@
+"""Fetch the official LivePortrait release (KwaiVGI/LivePortrait on the Hugging Face hub) into the release layout.
+
+Resumable (a `.part` file grows until complete, continued with an HTTP Range request) and verified (the hub's
+sha256 of each LFS file, or at least its size). Offline, it fails fast and says what to fetch and where to put it.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Callable
+
+from export.layout import WEIGHT_FILES
+
+HUB_URL = "https://huggingface.co/KwaiVGI/LivePortrait/resolve/main"
+CHUNK = 1 << 20
+
+
+class DownloadError(RuntimeError):
+    """A download failed; the message says what to do instead."""
+
+
+def manual_instructions(to: Path, base_url: str = HUB_URL) -> str:
+    """The files to fetch by hand and where each goes, for machines without access to the hub."""
+    lines = [f"  {base_url}/{rel}  ->  {Path(to) / rel}" for rel in WEIGHT_FILES]
+    return "download these files by hand and put them at the paths shown:\n" + "\n".join(lines)
+
+
+def _remote_info(url: str, timeout: float) -> tuple[int | None, str | None]:
+    """Size and sha256 that the hub announces for one file (either may be unknown)."""
+    request = urllib.request.Request(url, method="HEAD")
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        headers = response.headers
+    size = headers.get("X-Linked-Size") or headers.get("Content-Length")
+    etag = (headers.get("X-Linked-Etag") or headers.get("ETag") or "").strip('W/"')
+    sha = etag if re.fullmatch(r"[0-9a-f]{64}", etag) else None
+    return (int(size) if size else None), sha
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fetch(url: str, dest: Path, size: int | None, timeout: float, progress: Callable[[int], None]) -> None:
+    """Download url into dest, continuing dest.part where an earlier run stopped."""
+    part = dest.with_name(dest.name + ".part")
+    have = part.stat().st_size if part.exists() else 0
+    if size is not None and have > size:
+        part.unlink()
+        have = 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        if have and response.status != 206:  # the server ignored the range: start over
+            have = 0
+        progress(have)
+        with open(part, "ab" if have else "wb") as out:
+            for block in iter(lambda: response.read(CHUNK), b""):
+                out.write(block)
+                progress(len(block))
+    part.replace(dest)
+
+
+def download(to: Path, base_url: str = HUB_URL, timeout: float = 15.0, log: Callable[[str], None] = print) -> list[Path]:
+    """Fetch every release file missing from `to`; files already complete and verified are kept as they are."""
+    from tqdm import tqdm
+
+    to = Path(to)
+    done: list[Path] = []
+    for rel in WEIGHT_FILES:
+        dest = to / rel
+        url = f"{base_url}/{rel}"
+        try:
+            size, sha = _remote_info(url, timeout)
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise DownloadError(f"cannot reach {base_url} ({reason}); " + manual_instructions(to, base_url)) from exc
+        if dest.exists() and (size is None or dest.stat().st_size == size) and (sha is None or _sha256(dest) == sha):
+            log(f"{rel}: already present and verified")
+            done.append(dest)
+            continue
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DownloadError(f"cannot create {dest.parent} ({exc.strerror}); choose a writable --to folder") from exc
+        if dest.exists():
+            # a file of the user's that does not match the release: keep it aside rather than overwrite it
+            backup = dest.with_name(dest.name + ".old")
+            shutil.move(dest, backup)
+            log(f"{rel}: existing file differs from the release, kept as {backup.name}")
+        with tqdm(total=size, unit="B", unit_scale=True, desc=Path(rel).name) as bar:
+            try:
+                _fetch(url, dest, size, timeout, bar.update)
+            except (urllib.error.URLError, OSError) as exc:
+                raise DownloadError(f"{rel}: download interrupted ({exc}); run the same command again to resume") from exc
+        if size is not None and dest.stat().st_size != size:
+            raise DownloadError(f"{rel}: got {dest.stat().st_size} bytes, expected {size}; run the command again")
+        if sha is not None and _sha256(dest) != sha:
+            dest.unlink()
+            raise DownloadError(f"{rel}: sha256 does not match the release; the file was removed, run the command again")
+        done.append(dest)
+    return done

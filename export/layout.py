@@ -1,0 +1,47 @@
+"""Where every file lives: the official release layout of the weights, and our exported models folder."""
+from __future__ import annotations
+
+from pathlib import Path
+
+#: official checkpoints, relative to the weights directory (the KwaiVGI/LivePortrait release layout)
+CHECKPOINTS = {
+    "appearance_feature_extractor": "liveportrait/base_models/appearance_feature_extractor.pth",
+    "motion_extractor": "liveportrait/base_models/motion_extractor.pth",
+    "warping_module": "liveportrait/base_models/warping_module.pth",
+    "spade_generator": "liveportrait/base_models/spade_generator.pth",
+}
+RETARGETING_CHECKPOINT = "liveportrait/retargeting_models/stitching_retargeting_module.pth"
+#: sub-dicts of the retargeting checkpoint -> our network names
+RETARGETING_KEYS = {"stitching": "retarget_shoulder", "lip": "retarget_mouth", "eye": "retarget_eye"}
+
+#: the three face models, relative to the weights directory
+FACE_MODELS = {
+    "det_10g": "insightface/models/buffalo_l/det_10g.onnx",
+    "2d106det": "insightface/models/buffalo_l/2d106det.onnx",
+    "landmark": "liveportrait/landmark.onnx",
+}
+
+#: written only by `fake-weights --reduced`: names the reduced-width architecture; absent means official
+ARCH_FILE = "liveportrait/arch.json"
+
+#: every file of the official release that the app needs, relative to the weights directory
+WEIGHT_FILES = [*CHECKPOINTS.values(), RETARGETING_CHECKPOINT, *FACE_MODELS.values()]
+
+#: the exported models folder (`python -m export onnx --out DIR`) holds one file per network, plus copies of
+#: the face models, so the runtime needs that one folder only
+NETWORK_ONNX = {
+    "appearance_feature_extractor": "appearance_feature_extractor.onnx",
+    "motion_extractor": "motion_extractor.onnx",
+    "warping_module": "warping_module.onnx",
+    "spade_generator": "spade_generator.onnx",
+    "stitching": "stitching.onnx",
+    "lip": "lip.onnx",
+    "eye": "eye.onnx",
+}
+FACE_ONNX = {name: Path(rel).name for name, rel in FACE_MODELS.items()}
+MODEL_FILES = {**NETWORK_ONNX, **FACE_ONNX}
+
+
+def missing_models(models_dir: Path) -> list[str]:
+    """File names of the models folder that are not there (empty when the folder is complete)."""
+    return [name for name in MODEL_FILES.values() if not (Path(models_dir) / name).is_file()]

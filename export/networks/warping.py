@@ -1,0 +1,141 @@
+"""W, the warping module: per-keypoint translations blended by a learned mask warp the feature volume.
+
+Quirk kept on purpose: the identity grid is an align_corners=True style linspace in [-1, 1], but every
+grid_sample uses align_corners=False; the trained weights expect exactly this mismatch.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from export.config import ArchConfig
+from export.networks.blocks import ConvBlock
+
+#: W's outputs in the order forward returns them when `out_only` is False
+WARPING_OUTPUTS = ("out", "occlusion_map", "deformation")
+
+KP_VARIANCE = 0.01
+
+
+def identity_grid(depth: int, height: int, width: int) -> torch.Tensor:
+    """D x H x W x 3 grid of (x, y, z), each axis 2 * i / (n - 1) - 1 (the official rounding)."""
+    z, y, x = (2 * (torch.arange(n, dtype=torch.float32) / (n - 1)) - 1 for n in (depth, height, width))
+    zz, yy, xx = torch.meshgrid(z, y, x, indexing="ij")
+    return torch.stack([xx, yy, zz], dim=-1)
+
+
+def gaussian_heatmaps(grid: torch.Tensor, kp: torch.Tensor) -> torch.Tensor:
+    """exp(-0.5 * |grid - kp|^2 / 0.01) for every keypoint: B x K x D x H x W."""
+    diff = grid[None, None] - kp[:, :, None, None, None, :]
+    return torch.exp(-0.5 * diff.pow(2).sum(-1) / KP_VARIANCE)
+
+
+def sample_volume(volume: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Trilinear 5-D grid_sample with zero padding and align_corners=False, as the weights were trained."""
+    return F.grid_sample(volume, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+class Hourglass3d(nn.Module):
+    """U-Net over the 3-D volume; H and W halve per level, depth is kept. Output: block_expansion + input."""
+
+    def __init__(self, cin: int, block_expansion: int, max_features: int, num_blocks: int) -> None:
+        super().__init__()
+        self.encoder = nn.Module()
+        self.encoder.down_blocks = nn.ModuleList(
+            ConvBlock(
+                cin if i == 0 else min(max_features, block_expansion * 2**i),
+                min(max_features, block_expansion * 2 ** (i + 1)),
+                dims=3,
+                resample="down",
+            )
+            for i in range(num_blocks)
+        )
+        self.decoder = nn.Module()
+        self.decoder.up_blocks = nn.ModuleList(
+            ConvBlock(
+                (1 if i == num_blocks - 1 else 2) * min(max_features, block_expansion * 2 ** (i + 1)),
+                min(max_features, block_expansion * 2**i),
+                dims=3,
+                resample="up",
+            )
+            for i in reversed(range(num_blocks))
+        )
+        self.out_channels = block_expansion + cin
+        self.decoder.conv = nn.Conv3d(self.out_channels, self.out_channels, kernel_size=3, padding=1)
+        self.decoder.norm = nn.BatchNorm3d(self.out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = [x]
+        for block in self.encoder.down_blocks:
+            skips.append(block(skips[-1]))
+        out = skips.pop()
+        for block in self.decoder.up_blocks:
+            out = torch.cat([block(out), skips.pop()], dim=1)
+        return F.relu(self.decoder.norm(self.decoder.conv(out)))
+
+
+class DenseMotionNetwork(nn.Module):
+    """Predicts the dense deformation (a softmax blend of K+1 sparse motions) and the occlusion map."""
+
+    def __init__(self, cfg: ArchConfig) -> None:
+        super().__init__()
+        k1 = cfg.num_kp + 1
+        self.hourglass = Hourglass3d(
+            k1 * (cfg.dm_compress + 1), cfg.dm_block_expansion, cfg.dm_max_features, cfg.dm_num_blocks
+        )
+        out = self.hourglass.out_channels
+        self.mask = nn.Conv3d(out, k1, kernel_size=7, padding=3)
+        self.compress = nn.Conv3d(cfg.reshape_channel, cfg.dm_compress, kernel_size=1)
+        self.norm = nn.BatchNorm3d(cfg.dm_compress)
+        self.occlusion = nn.Conv2d(out * cfg.reshape_depth, 1, kernel_size=7, padding=3)
+        self.register_buffer("grid", identity_grid(*cfg.volume_shape), persistent=False)
+
+    def sparse_motions(self, kp_driving: torch.Tensor, kp_source: torch.Tensor) -> torch.Tensor:
+        """B x (K+1) x D x H x W x 3: the identity (background), then G - kp_driving[k] + kp_source[k]."""
+        shift = (kp_source - kp_driving)[:, :, None, None, None, :]
+        grid = self.grid[None, None]
+        per_kp = grid + shift
+        return torch.cat([grid.expand(per_kp.shape[0], 1, *grid.shape[2:]), per_kp], dim=1)
+
+    def forward(
+        self, feature_3d: torch.Tensor, kp_driving: torch.Tensor, kp_source: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        feature = F.relu(self.norm(self.compress(feature_3d)))
+        b, c, d, h, w = feature.shape
+        motions = self.sparse_motions(kp_driving, kp_source)
+        k1 = motions.shape[1]
+        repeated = feature.unsqueeze(1).expand(b, k1, c, d, h, w).reshape(b * k1, c, d, h, w)
+        deformed = sample_volume(repeated, motions.reshape(b * k1, d, h, w, 3)).view(b, k1, c, d, h, w)
+        heat = gaussian_heatmaps(self.grid, kp_driving) - gaussian_heatmaps(self.grid, kp_source)
+        heat = torch.cat([torch.zeros_like(heat[:, :1]), heat], dim=1).unsqueeze(2)
+        prediction = self.hourglass(torch.cat([heat, deformed], dim=2).view(b, -1, d, h, w))
+        mask = torch.softmax(self.mask(prediction), dim=1).unsqueeze(-1)
+        deformation = (motions * mask).sum(dim=1)
+        occlusion_map = torch.sigmoid(self.occlusion(prediction.view(b, -1, h, w)))
+        return deformation, occlusion_map
+
+
+class WarpingNetwork(nn.Module):
+    """Warps f_s by the dense motion, flattens depth into channels, and masks by the occlusion map.
+
+    forward returns (out, occlusion_map, deformation), or only `out` when `out_only` is set (for export).
+    """
+
+    def __init__(self, cfg: ArchConfig, out_only: bool = False) -> None:
+        super().__init__()
+        self.dense_motion_network = DenseMotionNetwork(cfg)
+        self.third = ConvBlock(cfg.w_max_features, cfg.w_out_channels, leaky=True)
+        self.fourth = nn.Conv2d(cfg.w_out_channels, cfg.w_out_channels, kernel_size=1)
+        self.out_only = out_only
+
+    def forward(
+        self, feature_3d: torch.Tensor, kp_driving: torch.Tensor, kp_source: torch.Tensor
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        deformation, occlusion_map = self.dense_motion_network(feature_3d, kp_driving, kp_source)
+        warped = sample_volume(feature_3d, deformation)
+        b, c, d, h, w = warped.shape
+        out = self.fourth(self.third(warped.view(b, c * d, h, w))) * occlusion_map
+        if self.out_only:
+            return out
+        return out, occlusion_map, deformation

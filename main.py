@@ -1,0 +1,169 @@
+"""LivePortrait RT: `python main.py` opens the app; `render`, `template`, `live` and `bench` are the other commands.
+
+Expected failures (no models, no face, unreadable input, a file that would be overwritten) end in one line on
+stderr and exit status 1; set LIVEPORTRAIT_DEBUG=1 to see the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from realtime.options import ProcessOptions
+
+BACKEND_CHOICES = ("auto", "cpu", "cuda", "tensorrt")
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models", type=Path, help="models folder (from `python -m export onnx`)")
+    parser.add_argument("--backend", choices=BACKEND_CHOICES, default="auto", help="where the networks run")
+
+
+def _add_options(parser: argparse.ArgumentParser) -> None:
+    """One flag per ProcessOptions field, with the node's defaults."""
+    defaults = ProcessOptions()
+    group = parser.add_argument_group("animation options (the LivePortraitProcess node's)")
+    group.add_argument("--dsize", type=int, default=defaults.dsize, help="source crop size, 64-2048")
+    group.add_argument("--scale", type=float, default=defaults.scale, help="source crop scale, 1.0-4.0")
+    group.add_argument("--vx-ratio", type=float, default=defaults.vx_ratio)
+    group.add_argument("--vy-ratio", type=float, default=defaults.vy_ratio)
+    group.add_argument("--lip-zero", action=argparse.BooleanOptionalAction, default=defaults.lip_zero)
+    group.add_argument("--eye-retargeting", action=argparse.BooleanOptionalAction, default=defaults.eye_retargeting)
+    group.add_argument("--eyes-retargeting-multiplier", type=float, default=defaults.eyes_retargeting_multiplier)
+    group.add_argument("--lip-retargeting", action=argparse.BooleanOptionalAction, default=defaults.lip_retargeting)
+    group.add_argument("--lip-retargeting-multiplier", type=float, default=defaults.lip_retargeting_multiplier)
+    group.add_argument("--stitching", action=argparse.BooleanOptionalAction, default=defaults.stitching)
+    group.add_argument("--relative", action=argparse.BooleanOptionalAction, default=defaults.relative)
+
+
+def options_from_args(args: argparse.Namespace) -> ProcessOptions:
+    return ProcessOptions(**{name: getattr(args, name) for name in ProcessOptions.names() if hasattr(args, name)})
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python main.py", description=__doc__.splitlines()[0])
+    _add_common(parser)
+    parser.add_argument("--camera", help="camera index or a video file standing in for the camera")
+    parser.add_argument("--source", type=Path, help="portrait to open with")
+    sub = parser.add_subparsers(dest="command")
+
+    p = sub.add_parser("render", help="animate a portrait with a video, image folder, image or template")
+    _add_common(p)
+    p.add_argument("--source", type=Path, required=True, help="portrait image")
+    p.add_argument("--driving", type=Path, required=True, help="video, image folder, image or template .npz")
+    p.add_argument("--out", type=Path, required=True, help="full-frame output video (.mp4)")
+    p.add_argument("--crop-out", type=Path, help="also write the animated 512x512 crops to this video")
+    p.add_argument("--force", action="store_true", help="replace output files that already exist")
+    _add_options(p)
+
+    p = sub.add_parser("template", help="save a driving video's motion as a template .npz")
+    _add_common(p)
+    p.add_argument("--driving", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--force", action="store_true")
+
+    p = sub.add_parser("live", help="animate from a camera without the window (e.g. into the virtual camera)")
+    _add_common(p)
+    p.add_argument("--source", type=Path, required=True, help="portrait image")
+    p.add_argument("--camera", default="0", help="camera index, or a video file standing in for the camera")
+    p.add_argument("--virtual-cam", action="store_true", help="send the output to the virtual camera")
+    p.add_argument("--no-window", action="store_true", help="run headless (the default for this command)")
+    p.add_argument("--frames", type=int, help="stop after this many frames")
+    p.add_argument("--record", type=Path, help="also record the output to this .mp4")
+    p.add_argument("--force", action="store_true")
+    _add_options(p)
+
+    p = sub.add_parser("bench", help="per-stage timings and fps of process() on this machine")
+    _add_common(p)
+    p.add_argument("--frames", type=int, default=5)
+    p.add_argument("--source", type=Path, help="portrait (default: a shared media portrait)")
+    p.add_argument("--driving", type=Path, help="driving video (default: a shared media video)")
+    return parser
+
+
+def _animator(args: argparse.Namespace):
+    from engines.select import choose_backend
+    from realtime.pipeline import Animator
+    from realtime.settings import resolve_models_dir
+
+    folder = resolve_models_dir(args.models)
+    choice = choose_backend(args.backend, folder)
+    print(f"backend: {choice.name} — {choice.reason}", file=sys.stderr)
+    return Animator(folder, choice.name)
+
+
+def cmd_render(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from realtime.render import render
+
+    options = options_from_args(args)
+    animator = _animator(args)
+    report = render(
+        animator, args.source, args.driving, args.out, options, crop_out=args.crop_out, overwrite=args.force,
+        progress=lambda frames, total: tqdm(frames, total=total, desc="render", unit="frame"),
+    )
+    print(f"wrote {args.out}: {report.summary()}")
+
+
+def cmd_template(args: argparse.Namespace) -> None:
+    from realtime.render import make_template
+
+    frames = make_template(_animator(args), args.driving, args.out, overwrite=args.force)
+    print(f"wrote {args.out}: {frames} frames")
+
+
+def cmd_live(args: argparse.Namespace) -> None:
+    from realtime.camera import open_camera
+    from realtime.images import load_image
+    from realtime.live import make_processor
+    from realtime.loop import run_headless
+
+    processor = make_processor(args.models, args.backend)
+    processor.set_options(options_from_args(args), 0.3, False)
+    processor.set_source(load_image(args.source))
+    camera = open_camera(args.camera)
+    stats = run_headless(processor, camera, args.virtual_cam, args.frames, record=args.record, overwrite=args.force)
+    print(stats.line())
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from bench.pipeline import run_bench
+
+    run_bench(_animator(args), args.source, args.driving, args.frames)
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    from realtime.live import make_processor
+    from ui.app import run_app
+
+    return run_app(args.models, args.backend, make_processor, camera=args.camera, portrait=args.source)
+
+
+COMMANDS = {"render": cmd_render, "template": cmd_template, "live": cmd_live, "bench": cmd_bench}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    warnings.filterwarnings("ignore")
+    if args.command is None:
+        return cmd_app(args)
+    try:
+        COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (RuntimeError, OSError, ValueError) as exc:  # every expected failure carries a one-line message
+        if os.environ.get("LIVEPORTRAIT_DEBUG"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

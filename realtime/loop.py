@@ -1,0 +1,405 @@
+"""The live loop: capture thread -> processing thread -> output thread -> sinks.
+
+Queues between the threads hold one frame and drop the OLDEST one when full, so a slow stage skips frames
+instead of letting latency grow. Every frame carries its capture timestamp; the output thread measures the
+glass-to-glass latency (capture -> handed to the sinks). Changes of options, portrait, processor and camera are
+queued and applied by the thread that owns them before its next frame, so nothing restarts.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Generic, Protocol, TypeVar
+
+import numpy as np
+
+from realtime.camera import FrameSource
+from realtime.live_api import FrameProcessor, FrameResult
+from realtime.options import ProcessOptions
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+#: how long a thread waits for work before checking for commands and stop requests
+POLL_S = 0.05
+#: frames kept for the latency percentiles, and the window of the FPS estimate
+HISTORY = 240
+FPS_WINDOW_S = 2.0
+
+
+class DropOldestQueue(Generic[T]):
+    """A bounded hand-off between two threads: put() never blocks and evicts the oldest item when full."""
+
+    def __init__(self, size: int = 1) -> None:
+        if size < 1:
+            raise ValueError(f"queue size must be >= 1, got {size}")
+        self.items: deque[T] = deque(maxlen=size)
+        self.cond = threading.Condition()
+        self.dropped = 0
+
+    def put(self, item: T) -> None:
+        with self.cond:
+            if len(self.items) == self.items.maxlen:
+                self.dropped += 1
+            self.items.append(item)
+            self.cond.notify()
+
+    def get(self, timeout: float) -> T | None:
+        with self.cond:
+            if not self.items:
+                self.cond.wait(timeout)
+            return self.items.popleft() if self.items else None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+@dataclass
+class Captured:
+    image: np.ndarray
+    capture_ts: float  # time.monotonic() when read() returned
+    index: int
+
+
+@dataclass
+class LiveFrame:
+    """One finished frame as the sinks get it."""
+
+    camera: np.ndarray
+    result: FrameResult
+    capture_ts: float
+    index: int
+    process_ms: float = 0.0  # the processor's whole call, as the loop measured it
+    out_ts: float = 0.0
+
+    @property
+    def latency_ms(self) -> float:
+        return (self.out_ts - self.capture_ts) * 1e3
+
+
+class Sink(Protocol):
+    """Receives every finished frame on the output thread; must not block for long."""
+
+    def send(self, frame: LiveFrame) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class CallbackSink:
+    """A preview sink: calls `callback(frame)` (a UI hands the frame to its own thread from there)."""
+
+    def __init__(self, callback: Callable[[LiveFrame], None]) -> None:
+        self.callback = callback
+
+    def send(self, frame: LiveFrame) -> None:
+        self.callback(frame)
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class LiveStats:
+    """A snapshot of the loop's health."""
+
+    captured: int = 0
+    processed: int = 0
+    delivered: int = 0
+    dropped_capture: int = 0  # frames the processor never saw because a newer one arrived
+    dropped_output: int = 0  # processed frames the sinks never saw
+    errors: int = 0
+    fps: float = 0.0
+    latency_p50_ms: float = 0.0
+    latency_p95_ms: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)  # the last frame's stages plus "process" (ms)
+    status: str = ""
+    camera_status: str = ""
+    sink_error: str = ""  # why a sink was dropped (e.g. the recording disk is full)
+
+    def line(self) -> str:
+        """A one-line readout for a status bar or a terminal."""
+        stages = " ".join(f"{k} {v:.1f}" for k, v in self.timings.items())
+        text = (
+            f"{self.fps:5.1f} fps | latency p50 {self.latency_p50_ms:.0f} ms p95 {self.latency_p95_ms:.0f} ms | "
+            f"dropped {self.dropped_capture}+{self.dropped_output}"
+        )
+        return f"{text} | {stages} ms" if stages else text
+
+
+class LiveLoop:
+    """Runs a FrameProcessor on a FrameSource and feeds the sinks; thread-safe controls for the UI."""
+
+    def __init__(
+        self,
+        processor: FrameProcessor | None,
+        source: FrameSource,
+        sinks: list[Sink] | tuple[Sink, ...] = (),
+        queue_size: int = 1,
+    ) -> None:
+        self.processor = processor
+        self.source = source
+        self.sinks: list[Sink] = list(sinks)
+        self.captured_q: DropOldestQueue[Captured] = DropOldestQueue(queue_size)
+        self.output_q: DropOldestQueue[LiveFrame] = DropOldestQueue(queue_size)
+        self.lock = threading.Lock()
+        self.send_lock = threading.RLock()  # held while sinks run, so a sink is never closed mid-send
+        self.commands: deque[Callable[[], None]] = deque()
+        self.pending_source: FrameSource | None = None
+        self.stop_event = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.stats_ = LiveStats()
+        self.latencies: deque[float] = deque(maxlen=HISTORY)
+        self.out_times: deque[float] = deque(maxlen=HISTORY)
+        # the last applied state, re-applied when the processor is replaced
+        self.source_image: np.ndarray | None = None
+        self.settings: tuple[ProcessOptions, float, bool] | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self.threads:
+            raise RuntimeError("the live loop is already running; stop() it before starting again")
+        self.stop_event.clear()
+        for name, target in (("capture", self._capture), ("process", self._process), ("output", self._output)):
+            thread = threading.Thread(target=target, name=f"live-{name}", daemon=True)
+            thread.start()
+            self.threads.append(thread)
+
+    def stop(self, timeout: float = 2.0) -> bool:
+        """Join every thread within `timeout` s in total, then close camera, sinks and processor. True if joined."""
+        self.stop_event.set()
+        deadline = time.monotonic() + timeout
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        joined = not any(t.is_alive() for t in self.threads)
+        self.threads = []
+        for source in (self.source, self.pending_source):
+            if source is not None:
+                source.close()
+        self.pending_source = None
+        for sink in self.sinks:
+            sink.close()
+        self.sinks = []
+        if self.processor is not None:
+            self.processor.close()
+        return joined
+
+    # -- controls (any thread) ----------------------------------------------------------------------------------
+    def set_options(self, options: ProcessOptions, smoothing: float, lock_scale: bool) -> None:
+        options.validate()
+        self._command(lambda: self._apply_settings((options, smoothing, lock_scale)))
+
+    def set_source(self, image_rgb: np.ndarray) -> Future[None]:
+        """Queue a new portrait; the future fails with the processor's SourceError (e.g. no face)."""
+        future: Future[None] = Future()
+
+        def apply() -> None:
+            try:
+                if self.processor is not None:
+                    self.processor.set_source(image_rgb)
+                self.source_image = image_rgb
+                future.set_result(None)
+            except Exception as exc:  # any processor failure is reported to the caller, the loop goes on
+                future.set_exception(exc)
+
+        self._command(apply)
+        return future
+
+    def recalibrate(self) -> None:
+        self._command(lambda: self.processor.recalibrate() if self.processor is not None else None)
+
+    def set_processor(self, processor: FrameProcessor | None) -> Future[None]:
+        """Swap the processor (the old one is closed); the current portrait and options are re-applied to it."""
+        future: Future[None] = Future()
+
+        def apply() -> None:
+            if self.processor is not None and self.processor is not processor:
+                self.processor.close()
+            self.processor = processor
+            try:
+                if processor is not None and self.settings is not None:
+                    processor.set_options(*self.settings)
+                if processor is not None and self.source_image is not None:
+                    processor.set_source(self.source_image)
+                future.set_result(None)
+            except Exception as exc:  # e.g. the new processor finds no face in the current portrait
+                future.set_exception(exc)
+
+        self._command(apply)
+        return future
+
+    def set_camera(self, source: FrameSource) -> None:
+        """Switch to another camera/video; the capture thread closes the old one."""
+        with self.lock:
+            if self.pending_source is not None:
+                self.pending_source.close()
+            self.pending_source = source
+
+    def add_sink(self, sink: Sink) -> None:
+        with self.lock:
+            self.sinks = [*self.sinks, sink]
+
+    def remove_sink(self, sink: Sink) -> None:
+        """Detach and close a sink (after the output thread finishes its current send)."""
+        with self.lock:
+            self.sinks = [s for s in self.sinks if s is not sink]
+        with self.send_lock:
+            sink.close()
+
+    @property
+    def delivered(self) -> int:
+        return self.stats_.delivered
+
+    def stats(self) -> LiveStats:
+        with self.lock:
+            s = LiveStats(**{**self.stats_.__dict__, "timings": dict(self.stats_.timings)})
+            latencies = np.array(self.latencies) if self.latencies else None
+            times = [t for t in self.out_times if t >= time.monotonic() - FPS_WINDOW_S]
+        s.dropped_capture, s.dropped_output = self.captured_q.dropped, self.output_q.dropped
+        if latencies is not None:
+            s.latency_p50_ms, s.latency_p95_ms = (float(v) for v in np.percentile(latencies, [50, 95]))
+        if len(times) > 1 and times[-1] > times[0]:
+            s.fps = (len(times) - 1) / (times[-1] - times[0])
+        s.camera_status = self.source.status
+        return s
+
+    # -- threads ------------------------------------------------------------------------------------------------
+    def _command(self, fn: Callable[[], None]) -> None:
+        with self.lock:
+            self.commands.append(fn)
+
+    def _apply_settings(self, settings: tuple[ProcessOptions, float, bool]) -> None:
+        self.settings = settings
+        if self.processor is not None:
+            self.processor.set_options(*settings)
+
+    def _capture(self) -> None:
+        index = 0
+        while not self.stop_event.is_set():
+            with self.lock:
+                new, self.pending_source = self.pending_source, None
+            if new is not None:
+                self.source.close()
+                self.source = new
+            try:
+                image = self.source.read()
+            except Exception as exc:  # a driver error must not kill the thread; the status shows it
+                log.exception("camera read failed")
+                self.source.status = f"camera error: {exc}"
+                time.sleep(POLL_S)
+                continue
+            if image is None:
+                continue
+            self.captured_q.put(Captured(image, time.monotonic(), index))
+            index += 1
+            with self.lock:
+                self.stats_.captured += 1
+
+    def _process(self) -> None:
+        while not self.stop_event.is_set():
+            with self.lock:
+                commands, self.commands = list(self.commands), deque()
+            for fn in commands:
+                try:
+                    fn()
+                except Exception as exc:  # a rejected option must not stop the stream
+                    log.exception("live command failed")
+                    with self.lock:
+                        self.stats_.status = str(exc)
+            item = self.captured_q.get(POLL_S)
+            if item is None:
+                continue
+            start = time.perf_counter()
+            try:
+                result = (
+                    self.processor.process(item.image)
+                    if self.processor is not None
+                    else FrameResult(None, status="no models loaded")
+                )
+            except Exception as exc:  # show the error, skip the frame, keep the camera running
+                log.exception("processing failed")
+                result = FrameResult(None, status=f"processing failed: {exc}")
+                with self.lock:
+                    self.stats_.errors += 1
+            process_ms = (time.perf_counter() - start) * 1e3
+            self.output_q.put(LiveFrame(item.image, result, item.capture_ts, item.index, process_ms))
+            with self.lock:
+                self.stats_.processed += 1
+                self.stats_.timings = {**result.timings, "process": process_ms}
+                self.stats_.status = result.status
+
+    def _output(self) -> None:
+        while not self.stop_event.is_set():
+            frame = self.output_q.get(POLL_S)
+            if frame is None:
+                continue
+            frame.out_ts = time.monotonic()
+            with self.lock:
+                sinks = self.sinks
+                self.latencies.append(frame.latency_ms)
+                self.out_times.append(frame.out_ts)
+                self.stats_.delivered += 1
+            with self.send_lock:
+                for sink in sinks:
+                    try:
+                        sink.send(frame)
+                    except Exception as exc:  # one broken sink (e.g. disk full) must not starve the others
+                        log.exception("sink failed")
+                        self.remove_sink(sink)
+                        with self.lock:
+                            self.stats_.sink_error = f"{type(sink).__name__} stopped: {exc}"
+
+
+def run_headless(
+    processor: FrameProcessor,
+    camera: FrameSource,
+    virtual_cam: bool = False,
+    frames: int | None = None,
+    *,
+    record: Path | None = None,
+    overwrite: bool = False,
+    vcam_backend: Callable[..., object] | None = None,
+    report: Callable[[str], None] | None = None,
+    report_every_s: float = 2.0,
+    stop_event: threading.Event | None = None,
+) -> LiveStats:
+    """Run without a window until `frames` frames were delivered (None: until Ctrl+C or stop_event).
+
+    The processor must already have its portrait. A missing virtual camera is reported and the loop keeps
+    running; status lines go to `report` (stderr by default).
+    """
+    from realtime.record import Recorder
+    from realtime.vcam import VirtualCamSink, VirtualCameraUnavailable
+
+    say = report or (lambda line: print(line, file=sys.stderr, flush=True))
+    sinks: list[Sink] = []
+    if record is not None:
+        sinks.append(Recorder(record, fps=camera.fps, overwrite=overwrite))
+    if virtual_cam:
+        try:
+            sinks.append(VirtualCamSink(fps=camera.fps, backend=vcam_backend))
+            say(sinks[-1].status)  # type: ignore[attr-defined]
+        except VirtualCameraUnavailable as exc:
+            say(str(exc))
+    say(f"processor: {processor.backend}")
+    loop = LiveLoop(processor, camera, sinks)
+    stop = stop_event or threading.Event()
+    loop.start()
+    next_report = time.monotonic() + report_every_s
+    try:
+        while not stop.is_set() and (frames is None or loop.delivered < frames):
+            stop.wait(0.01)
+            if time.monotonic() >= next_report:
+                stats = loop.stats()
+                say(stats.line() + "".join(f" | {s}" for s in (stats.status, stats.camera_status) if s))
+                next_report += report_every_s
+    except KeyboardInterrupt:
+        say("stopping")
+    finally:
+        loop.stop()
+    return loop.stats()

@@ -1,0 +1,272 @@
+"""The animation core: a source portrait is prepared once, then every driving motion becomes an animated crop
+(warp + decode) and a full frame (paste-back). The offline render, the live app and the ComfyUI node all use it.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import cv2
+import numpy as np
+
+from engines import open_runner
+from export.layout import NETWORK_ONNX
+from realtime.crop import CropInfo, crop_box, crop_source, driving_box, transform_pts
+from realtime.face import FaceModels, eye_ratio, lip_ratio
+from realtime.images import limit_size
+from realtime.live_api import SourceError
+from realtime.motion import (
+    KpInfo,
+    Motion,
+    absolute_motion,
+    compose_driving_kp,
+    kp_info_from_outputs,
+    lip_zero_delta,
+    relative_motion,
+)
+from realtime.options import ProcessOptions
+from realtime.paste import OUT_SIZE, output_to_original, paste_back, prepare_paste_mask
+
+#: the official source pre-resize (spec 3.6); the paste-back still goes into the full-size original
+SOURCE_MAX_DIM = 1280
+NET_SIZE = 256
+
+#: which backend an options.onnx_device asks for
+DEVICE_BACKENDS = {"CPU": "cpu", "CUDA": "cuda"}
+
+
+def to_net_input(img_256: np.ndarray) -> np.ndarray:
+    """RGB uint8 256x256 -> 1x3x256x256 float32 in [0, 1] (no mean/std, spec 1)."""
+    return np.ascontiguousarray(img_256.transpose(2, 0, 1)[None], dtype=np.float32) / np.float32(255)
+
+
+def to_uint8_image(image: np.ndarray) -> np.ndarray:
+    """1x3xHxW float in [0, 1] -> HxWx3 uint8 with the official truncating cast (not rounding, spec 1.11)."""
+    return (np.clip(image[0], 0, 1) * 255).astype(np.uint8).transpose(1, 2, 0).copy()
+
+
+class StageTimer:
+    """Milliseconds per named stage for the frame being made (stages may repeat; times add up)."""
+
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+
+    def reset(self) -> None:
+        self.ms = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.ms[stage] = self.ms.get(stage, 0.0) + (time.perf_counter() - start) * 1e3
+
+
+class Networks:
+    """The seven LivePortrait networks of a models folder, opened once with one backend."""
+
+    def __init__(self, models_dir: Path, backend: str = "cpu") -> None:
+        self.runners = {name: open_runner(Path(models_dir) / file, backend) for name, file in NETWORK_ONNX.items()}
+        self.backend = self.runners["warping_module"].backend
+
+    def features(self, img_256: np.ndarray) -> np.ndarray:
+        """f_s, the appearance feature volume of a 256 crop."""
+        return self.runners["appearance_feature_extractor"].infer({"source_image": to_net_input(img_256)})["feature_3d"]
+
+    def motion(self, img_256: np.ndarray) -> KpInfo:
+        """Pose, expression, translation, scale and canonical keypoints of a 256 crop."""
+        return kp_info_from_outputs(self.runners["motion_extractor"].infer({"image": to_net_input(img_256)}))
+
+    def warp_decode(self, f_s: np.ndarray, x_s: np.ndarray, x_d: np.ndarray) -> np.ndarray:
+        """The animated 512x512 crop (uint8 RGB) for source features and source/driving keypoints."""
+        warped = self.runners["warping_module"].infer(
+            {"feature_3d": f_s, "kp_driving": x_d[None].astype(np.float32), "kp_source": x_s[None].astype(np.float32)}
+        )["out"]
+        return to_uint8_image(self.runners["spade_generator"].infer({"feature": warped})["image"])
+
+    def mlp(self, name: str) -> Callable[[np.ndarray], np.ndarray]:
+        """One retargeting MLP as a plain function (input array -> delta), as realtime.motion wants it."""
+        runner = self.runners[name]
+        return lambda x: runner.infer({"x": x.astype(np.float32)})["delta"]
+
+    def close(self) -> None:
+        for runner in self.runners.values():
+            runner.close()
+
+
+@dataclass
+class SourcePortrait:
+    """Everything computed once per portrait: crop, keypoints, features, ratios and the paste-back mask."""
+
+    image: np.ndarray  # the original RGB image, full size: paste-back goes here
+    crop: CropInfo  # crop of the size-limited image
+    M_c2o: np.ndarray  # crop (dsize) -> original full-size pixels
+    dsize: int
+    info: KpInfo
+    x_s: np.ndarray
+    f_s: np.ndarray
+    c_s_eyes: np.ndarray
+    c_s_lip: float
+    lip_close: np.ndarray | None  # delta that closes an open mouth (lip_zero), None if already closed
+    mask: np.ndarray
+    face_box: np.ndarray
+
+
+@dataclass
+class DrivingFrame:
+    """One driving frame made ready for motion: the 256 crop and, when a face was seen, its 203 landmarks."""
+
+    img_256: np.ndarray
+    lmk203: np.ndarray | None
+    face_box: np.ndarray | None
+
+
+def _limit_transform(shape: tuple[int, ...], limited_shape: tuple[int, ...]) -> np.ndarray:
+    """3x3 matrix from size-limited image pixels back to the original's (cv2.resize's pixel-centre mapping)."""
+    sy, sx = shape[0] / limited_shape[0], shape[1] / limited_shape[1]
+    return np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1]], dtype=np.float64)
+
+
+class Animator:
+    """Runs the method on one backend: prepare a source, read motion from driving frames, animate, paste back."""
+
+    def __init__(self, models_dir: Path, backend: str = "cpu") -> None:
+        self.nets = Networks(models_dir, backend)
+        self.faces = FaceModels(models_dir, backend)
+        self.timer = StageTimer()
+
+    @property
+    def backend(self) -> str:
+        return self.nets.backend
+
+    def prepare_source(self, image: np.ndarray, options: ProcessOptions) -> SourcePortrait:
+        """Detect, crop and encode a portrait (RGB uint8). SourceError when it has no face."""
+        limited = limit_size(image, SOURCE_MAX_DIM, division=1)
+        with self.timer("detect"):
+            face = self.faces.analyze(limited)
+        if face is None:
+            raise SourceError("no face found in the portrait: choose a photo with one clearly visible, frontal face")
+        crop = crop_source(limited, face.lmk106, options.dsize, options.scale, options.vx_ratio, options.vy_ratio)
+        with self.timer("motion"):
+            info = self.nets.motion(crop.img_256)
+        with self.timer("features"):
+            f_s = self.nets.features(crop.img_256)
+        x_s = info.x
+        c_s_lip = float(lip_ratio(face.lmk203)[0])
+        # the closing delta is computed once here; whether it applies is decided per frame by the options
+        lip_close = lip_zero_delta(x_s, c_s_lip, self.nets.mlp("lip"), ProcessOptions())
+        to_original = _limit_transform(image.shape, limited.shape)
+        M_c2o = (to_original @ crop.M_c2o).astype(np.float32)
+        return SourcePortrait(
+            image=image,
+            crop=crop,
+            M_c2o=M_c2o,
+            dsize=options.dsize,
+            info=info,
+            x_s=x_s,
+            f_s=f_s,
+            c_s_eyes=eye_ratio(face.lmk203),
+            c_s_lip=c_s_lip,
+            lip_close=lip_close,
+            mask=prepare_paste_mask(M_c2o, image.shape, options.dsize),
+            face_box=transform_pts(face.bbox.reshape(2, 2), to_original).reshape(4),
+        )
+
+    def driving_motion(self, frame: DrivingFrame) -> Motion:
+        """The motion of one prepared driving frame, with its eye/lip ratios when landmarks exist."""
+        with self.timer("motion"):
+            info = self.nets.motion(frame.img_256)
+        if frame.lmk203 is None:
+            return Motion.from_kp_info(info)
+        return Motion.from_kp_info(info, eye_ratio(frame.lmk203), lip_ratio(frame.lmk203))
+
+    def keypoints(self, src: SourcePortrait, drv: Motion, ref: Motion, options: ProcessOptions) -> np.ndarray:
+        """x_d': motion transfer (relative to `ref`, or absolute), then stitching / retargeting (Algorithm 1)."""
+        with self.timer("stitching/retargeting"):
+            x_d = relative_motion(src.info, drv, ref) if options.relative else absolute_motion(src.info, drv)
+            return compose_driving_kp(
+                src.x_s,
+                x_d,
+                options,
+                stitching_mlp=self.nets.mlp("stitching"),
+                eye_mlp=self.nets.mlp("eye"),
+                lip_mlp=self.nets.mlp("lip"),
+                c_s_eyes=src.c_s_eyes,
+                c_s_lip=src.c_s_lip,
+                c_d_eyes=drv.eye_ratio,
+                c_d_lip=None if drv.lip_ratio is None else float(drv.lip_ratio[0]),
+                lip_delta0=src.lip_close if options.lip_zero and options.relative else None,
+            )
+
+    def animate(self, src: SourcePortrait, drv: Motion, ref: Motion, options: ProcessOptions) -> np.ndarray:
+        """The animated 512x512 crop for one driving motion."""
+        x_d = self.keypoints(src, drv, ref, options)
+        with self.timer("warp+decode"):
+            return self.nets.warp_decode(src.f_s, src.x_s, x_d)
+
+    def paste(self, src: SourcePortrait, crop_512: np.ndarray) -> np.ndarray:
+        """The animated crop blended back into the full-size source photo."""
+        with self.timer("paste-back"):
+            return paste_back(crop_512, src.M_c2o, src.image, src.mask, src.dsize)
+
+    def close(self) -> None:
+        self.nets.close()
+        self.faces.close()
+
+
+class DrivingTracker:
+    """Driving frames -> 256 crops: detect once, then follow the 203 landmarks frame to frame (the official video
+    tracking), re-detecting whenever the face was lost. Square frames are only resized (the official default);
+    other frames are cropped around the face with `box`, or the frame's own landmark box when `box` is None."""
+
+    def __init__(self, faces: FaceModels, timer: StageTimer) -> None:
+        self.faces = faces
+        self.timer = timer
+        self.lmk203: np.ndarray | None = None
+
+    def landmarks(self, frame: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(203 landmarks, detection box) of the frame's face, or (None, None) when no face is in view."""
+        if self.lmk203 is not None:
+            with self.timer("landmarks"):
+                self.lmk203 = self.faces.track(frame, self.lmk203)
+            return self.lmk203, None
+        with self.timer("detect"):
+            face = self.faces.analyze(frame)
+        self.lmk203 = None if face is None else face.lmk203
+        return self.lmk203, None if face is None else face.bbox
+
+    def lose(self) -> None:
+        """Forget the tracked face so the next frame is detected afresh."""
+        self.lmk203 = None
+
+    def prepare(self, frame: np.ndarray, lmk203: np.ndarray | None, box: np.ndarray | None) -> DrivingFrame:
+        """Cut the network input out of a frame whose landmarks are already known."""
+        h, w = frame.shape[:2]
+        if h == w:
+            img_256 = cv2.resize(frame, (NET_SIZE, NET_SIZE))
+        elif box is not None or lmk203 is not None:
+            crop_at = box if box is not None else driving_box(lmk203)
+            img_256 = crop_box(frame, crop_at, lmk203 if lmk203 is not None else np.zeros((0, 2))).img_256
+        else:
+            img_256 = cv2.resize(_centre_square(frame), (NET_SIZE, NET_SIZE))
+        face_box = None if lmk203 is None else driving_box(lmk203)
+        return DrivingFrame(img_256, lmk203, face_box)
+
+
+def _centre_square(frame: np.ndarray) -> np.ndarray:
+    """The largest centred square of a frame: the fallback crop when no face was ever seen."""
+    h, w = frame.shape[:2]
+    side = min(h, w)
+    y0, x0 = (h - side) // 2, (w - side) // 2
+    return frame[y0 : y0 + side, x0 : x0 + side]
+
+
+def output_frame_box(src: SourcePortrait) -> np.ndarray:
+    """Corners of the animated crop in the original image (for tests and overlays): 4x2 pixels."""
+    M = output_to_original(src.M_c2o, src.dsize)
+    corners = np.array([[0, 0], [OUT_SIZE, 0], [OUT_SIZE, OUT_SIZE], [0, OUT_SIZE]], dtype=np.float64)
+    return transform_pts(corners, M)

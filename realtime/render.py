@@ -1,0 +1,221 @@
+"""Offline use of the core: `process()` (the LivePortraitProcess node's behaviour), driving inputs from videos,
+image folders, single images or motion templates, and the `render` / `template` commands behind main.py.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import cv2
+import numpy as np
+
+from realtime.images import ImageInputError, load_image, to_rgb_uint8
+from realtime.motion import Motion
+from realtime.options import ProcessOptions
+from realtime.pipeline import Animator, DrivingFrame, DrivingTracker, driving_box
+from realtime.templates import Template, load_template, save_template
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+DEFAULT_FPS = 25.0
+
+
+class DrivingInputError(ValueError):
+    """A driving input cannot be read; the message names the file and what would work."""
+
+
+@dataclass
+class DrivingClip:
+    """Driving frames that can be read more than once (the clip-wide crop box needs two passes) without holding
+    a whole video in memory."""
+
+    frames: Callable[[], Iterator[np.ndarray]]
+    count: int
+    fps: float
+
+
+def _video_frames(path: Path) -> Iterator[np.ndarray]:
+    capture = cv2.VideoCapture(str(path))
+    try:
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                return
+            yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+    finally:
+        capture.release()
+
+
+def open_video(path: Path) -> DrivingClip:
+    """A video file as a clip; an unreadable or empty video is a DrivingInputError."""
+    capture = cv2.VideoCapture(str(path))
+    fps = capture.get(cv2.CAP_PROP_FPS) if capture.isOpened() else 0.0
+    capture.release()
+    count = sum(1 for _ in _video_frames(path))
+    if count == 0:
+        raise DrivingInputError(f"{path} has no readable video frames; use an .mp4/.avi/.mov video, an image or a folder")
+    return DrivingClip(lambda: _video_frames(path), count, fps if 0 < fps < 1000 else DEFAULT_FPS)
+
+
+def open_images(paths: Sequence[Path]) -> DrivingClip:
+    """Still images as a clip, read lazily (each checked and converted to RGB uint8)."""
+    return DrivingClip(lambda: (load_image(p) for p in paths), len(paths), DEFAULT_FPS)
+
+
+def open_driving(path: Path) -> DrivingClip | Template:
+    """A driving input by path: a motion template (.npz), an image folder, one image, or a video."""
+    path = Path(path)
+    if not path.exists():
+        raise DrivingInputError(f"driving input {path} does not exist")
+    if path.suffix.lower() == ".npz":
+        return load_template(path)
+    if path.is_dir():
+        images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
+            raise DrivingInputError(f"folder {path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        return open_images(images)
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return open_images([path])
+    return open_video(path)
+
+
+def array_clip(frames: Sequence[np.ndarray] | np.ndarray) -> DrivingClip:
+    """In-memory frames (a list or an NxHxWxC array) as a clip, each converted to RGB uint8."""
+    checked = [to_rgb_uint8(np.asarray(f)) for f in frames]
+    if not checked:
+        raise DrivingInputError("no driving frames were given")
+    return DrivingClip(lambda: iter(checked), len(checked), DEFAULT_FPS)
+
+
+def driving_frames(animator: Animator, clip: DrivingClip) -> Iterator[DrivingFrame]:
+    """The clip made ready for motion: landmarks tracked through it and, for frames that are not square, ONE crop
+    box averaged over the clip, exactly as the official driving crop does (a live stream uses a causal box)."""
+    tracker = DrivingTracker(animator.faces, animator.timer)
+    landmarks = [tracker.landmarks(frame)[0] for frame in clip.frames()]
+    boxes = [driving_box(lmk) for lmk in landmarks if lmk is not None]
+    mean_box = np.mean(boxes, axis=0) if boxes else None
+    for frame, lmk in zip(clip.frames(), landmarks):
+        yield tracker.prepare(frame, lmk, mean_box)
+
+
+def driving_motions(animator: Animator, driving: DrivingClip | Template) -> list[Motion]:
+    """Every driving frame's motion (computed once, whatever the number of sources)."""
+    if isinstance(driving, Template):
+        return [driving.motion(i) for i in range(len(driving))]
+    return [animator.driving_motion(frame) for frame in driving_frames(animator, driving)]
+
+
+def animate_frames(
+    animator: Animator, source: np.ndarray, motions: list[Motion], options: ProcessOptions
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(animated 512 crop, full frame) for each motion; relative motion is measured against the first one."""
+    src = animator.prepare_source(to_rgb_uint8(source), options)
+    for motion in motions:
+        crop = animator.animate(src, motion, motions[0], options)
+        yield crop, animator.paste(src, crop)
+
+
+def process(
+    source_images: Sequence[np.ndarray] | np.ndarray,
+    driving_images: Sequence[np.ndarray] | np.ndarray | Template,
+    options: ProcessOptions,
+    animator: Animator,
+) -> tuple[np.ndarray, np.ndarray | list[np.ndarray]]:
+    """The LivePortraitProcess node: every source (RGB uint8) animated with every driving frame, sources one after
+    another, outputs concatenated in that order. Returns (cropped_images Nx512x512x3, full_images NxHxWx3, or a
+    list when the sources differ in size)."""
+    options.validate()
+    sources = list(source_images)
+    if not sources:
+        raise ImageInputError("no source image was given")
+    driving = driving_images if isinstance(driving_images, Template) else array_clip(driving_images)
+    motions = driving_motions(animator, driving)
+    crops: list[np.ndarray] = []
+    fulls: list[np.ndarray] = []
+    for source in sources:
+        for crop, full in animate_frames(animator, source, motions, options):
+            crops.append(crop)
+            fulls.append(full)
+    same_size = len({f.shape for f in fulls}) == 1
+    return np.stack(crops), np.stack(fulls) if same_size else fulls
+
+
+class VideoSink:
+    """An mp4 file written frame by frame; refuses to replace an existing file unless asked to."""
+
+    def __init__(self, path: Path, fps: float, overwrite: bool = False) -> None:
+        self.path = Path(path)
+        if self.path.exists() and not overwrite:
+            raise FileExistsError(f"{self.path} already exists; pass --force to replace it or choose another name")
+        if not self.path.parent.is_dir():
+            raise FileNotFoundError(f"folder {self.path.parent} does not exist; create it or choose another --out")
+        self.fps = fps
+        self.writer: cv2.VideoWriter | None = None
+
+    def write(self, frame_rgb: np.ndarray) -> None:
+        if self.writer is None:
+            h, w = frame_rgb.shape[:2]
+            self.writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h))
+            if not self.writer.isOpened():
+                raise OSError(f"cannot write video {self.path}; check the folder is writable and the name ends in .mp4")
+        self.writer.write(cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2BGR))
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.release()
+
+
+@dataclass
+class RenderReport:
+    frames: int
+    seconds: float
+    stage_ms: dict[str, float]
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds else 0.0
+
+    def summary(self) -> str:
+        return f"{self.frames} frames in {self.seconds:.1f} s ({self.fps:.2f} fps)"
+
+
+def render(
+    animator: Animator,
+    source_path: Path,
+    driving_path: Path,
+    out: Path,
+    options: ProcessOptions,
+    crop_out: Path | None = None,
+    overwrite: bool = False,
+    progress: Callable[[Iterable, int], Iterable] = lambda frames, total: frames,
+) -> RenderReport:
+    """Animate one portrait with a driving input into a full-frame video (and optionally the crops)."""
+    source = load_image(source_path)
+    driving = open_driving(driving_path)
+    fps = driving.fps
+    sinks = [VideoSink(out, fps, overwrite)] + ([VideoSink(crop_out, fps, overwrite)] if crop_out else [])
+    animator.timer.reset()
+    start = time.perf_counter()
+    frames = 0
+    try:
+        motions = driving_motions(animator, driving)
+        for crop, full in progress(animate_frames(animator, source, motions, options), len(motions)):
+            sinks[0].write(full)
+            if crop_out:
+                sinks[1].write(crop)
+            frames += 1
+    finally:
+        for sink in sinks:
+            sink.close()
+    return RenderReport(frames, time.perf_counter() - start, dict(animator.timer.ms))
+
+
+def make_template(animator: Animator, driving_path: Path, out: Path, overwrite: bool = False) -> int:
+    """Extract a driving video's per-frame motion into a template file (the shared .npz format); returns frames."""
+    clip = open_driving(driving_path)
+    if isinstance(clip, Template):
+        raise DrivingInputError(f"{driving_path} is already a template; give a video, image or folder")
+    motions = driving_motions(animator, clip)
+    save_template(out, motions, clip.fps, overwrite=overwrite)
+    return len(motions)

@@ -1,0 +1,150 @@
+"""Motion templates: per-frame driving motion stored as plain .npz arrays (no pickle), so a recorded or
+shared motion can drive a portrait without the driving video and without executing code from the file.
+
+Format (N frames): scale (N, 1), R (N, 3, 3), exp (N, 21, 3), t (N, 3) with t_z = 0, fps (scalar), and
+optionally eye_ratio (N, 2) and lip_ratio (N, 1), the driving ratios that retargeting needs.
+"""
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from realtime.motion import K, Motion
+
+#: per-frame arrays: name -> shape after the frame axis N
+FRAME_ARRAYS = {"scale": (1,), "R": (3, 3), "exp": (K, 3), "t": (3,)}
+OPTIONAL_ARRAYS = {"eye_ratio": (2,), "lip_ratio": (1,)}
+
+
+class TemplateError(ValueError):
+    """A template file is unreadable or malformed; the message names the file, the array and the fix."""
+
+
+@dataclass(frozen=True)
+class Template:
+    """A loaded, validated motion template (all arrays float32)."""
+
+    scale: np.ndarray
+    R: np.ndarray
+    exp: np.ndarray
+    t: np.ndarray
+    fps: float
+    eye_ratio: np.ndarray | None = None
+    lip_ratio: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.scale)
+
+    def motion(self, i: int) -> Motion:
+        """Frame i as the Motion a live driving frame would give."""
+        if not 0 <= i < len(self):
+            raise IndexError(f"template frame {i} is out of range: the template has frames 0..{len(self) - 1}")
+        return Motion(
+            R=self.R[i],
+            exp=self.exp[i],
+            scale=float(self.scale[i, 0]),
+            t=self.t[i],
+            eye_ratio=None if self.eye_ratio is None else self.eye_ratio[i],
+            lip_ratio=None if self.lip_ratio is None else self.lip_ratio[i],
+        )
+
+
+def _validate(where: str, arrays: dict[str, np.ndarray]) -> Template:
+    """Every array's presence, dtype, shape, frame count and finiteness; one message per problem."""
+    allowed = {*FRAME_ARRAYS, *OPTIONAL_ARRAYS, "fps"}
+    unknown = sorted(set(arrays) - allowed)
+    if unknown:
+        raise TemplateError(
+            f"{where}: unknown array(s) {', '.join(unknown)}; a template holds only {', '.join(sorted(allowed))}"
+        )
+    missing = [name for name in (*FRAME_ARRAYS, "fps") if name not in arrays]
+    if missing:
+        raise TemplateError(f"{where}: array(s) {', '.join(missing)} missing; a template needs scale, R, exp, t, fps")
+    n = arrays["scale"].shape[0] if arrays["scale"].ndim else 0
+    if n < 1:
+        raise TemplateError(
+            f"{where}: array 'scale' has shape {arrays['scale'].shape}; expected (N, 1) with N >= 1 frames"
+        )
+    out: dict[str, np.ndarray] = {}
+    for name, tail in {**FRAME_ARRAYS, **OPTIONAL_ARRAYS}.items():
+        if name not in arrays:
+            continue
+        a = arrays[name]
+        if not np.issubdtype(a.dtype, np.floating):
+            raise TemplateError(f"{where}: array {name!r} has dtype {a.dtype}; expected a float dtype (float32)")
+        if a.shape != (n, *tail):
+            raise TemplateError(
+                f"{where}: array {name!r} has shape {a.shape}; expected {(n, *tail)} "
+                f"(N = {n} frames, from 'scale')"
+            )
+        if not np.isfinite(a).all():
+            raise TemplateError(f"{where}: array {name!r} holds NaN or infinite values; re-record the template")
+        out[name] = a.astype(np.float32)
+        out[name].setflags(write=False)  # Template.motion hands out views; nobody may edit the template
+    fps = arrays["fps"]
+    if fps.shape != () or not np.issubdtype(fps.dtype, np.number) or not np.isfinite(fps) or fps <= 0:
+        raise TemplateError(
+            f"{where}: array 'fps' is {fps.tolist()!r} with shape {fps.shape}; "
+            "expected a positive finite scalar, shape (), such as 25.0"
+        )
+    return Template(fps=float(fps), **out)
+
+
+def load_template(path: str | Path) -> Template:
+    """Read and validate an .npz template; pickled data is refused, never unpickled."""
+    path = Path(path)
+    if not path.is_file():
+        raise TemplateError(f"{path}: no such template file; pass the path of an .npz motion template")
+    not_npz = f"{path} is not an .npz motion template"
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except ValueError:  # numpy's answer to anything that is neither .npy nor .npz, pickles included
+        raise TemplateError(
+            f"{not_npz} (pickle and other files are refused: convert them with save_template)"
+        ) from None
+    except (OSError, EOFError, zipfile.BadZipFile) as err:
+        raise TemplateError(f"{not_npz}: the file is damaged ({err})") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise TemplateError(f"{not_npz}: it holds a single .npy array; save a template with save_template")
+    with loaded:
+        arrays: dict[str, np.ndarray] = {}
+        for name in loaded.files:
+            try:
+                arrays[name] = loaded[name]
+            except ValueError:
+                raise TemplateError(
+                    f"{path}: array {name!r} holds pickled Python objects; templates must be plain float arrays"
+                ) from None
+    return _validate(str(path), arrays)
+
+
+def save_template(path: str | Path, motions: list[Motion], fps: float, overwrite: bool = False) -> None:
+    """Write motions in the format load_template reads (t_z zeroed; ratios kept only if every frame has them)."""
+    path = Path(path)
+    if not motions:
+        raise TemplateError(f"{path}: no motions to save; record at least one frame")
+    arrays = {
+        "fps": np.asarray(fps, dtype=np.float32),
+        "scale": np.array([[m.scale] for m in motions], dtype=np.float32),
+        "R": np.stack([m.R for m in motions]).astype(np.float32),
+        "exp": np.stack([m.exp for m in motions]).astype(np.float32),
+        "t": np.stack([m.t for m in motions]).astype(np.float32),
+    }
+    arrays["t"][:, 2] = 0.0
+    for name in OPTIONAL_ARRAYS:
+        present = [getattr(m, name) is not None for m in motions]
+        if any(present) and not all(present):
+            raise TemplateError(
+                f"{path}: {name} is set on {sum(present)} of {len(motions)} frames; set it on every frame or none"
+            )
+        if all(present):
+            arrays[name] = np.stack([np.asarray(getattr(m, name)).reshape(-1) for m in motions]).astype(np.float32)
+    _validate(str(path), arrays)
+    try:
+        with open(path, "wb" if overwrite else "xb") as f:
+            np.savez(f, **arrays)
+    except FileExistsError:
+        raise TemplateError(f"{path} already exists; choose another name or pass overwrite=True") from None

@@ -1,0 +1,52 @@
+"""Shared fixtures: where the shared media lives, and a reduced-width model set built once per test session."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("LIVEPORTRAIT_SHARED", REPO.parent / "shared"))
+MEDIA = SHARED / "media"
+FIXTURES = SHARED / "fixtures"
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path} is absent: these tests need the shared media/fixtures folder beside the repository")
+    return path
+
+
+@pytest.fixture(scope="session")
+def media_dir() -> Path:
+    """../shared/media (portraits, driving videos, templates); skips when the folder is absent."""
+    return _need(MEDIA)
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    """../shared/fixtures (checkpoint tensor names and shapes); skips when absent."""
+    return _need(FIXTURES)
+
+
+@pytest.fixture(scope="session")
+def reduced_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Fake weights of the reduced-width architecture, in the official release layout."""
+    from export.fake_weights import write_fake_weights
+
+    weights = tmp_path_factory.mktemp("weights")
+    write_fake_weights(weights, seed=0, reduced=True)
+    return weights
+
+
+@pytest.fixture(scope="session")
+def reduced_models(reduced_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The exported models folder (every network's ONNX plus the face models) for the reduced weights."""
+    from export.onnx_export import export_models
+
+    out = tmp_path_factory.mktemp("models")
+    export_models(reduced_weights, out, verify=False)
+    return out

@@ -1,0 +1,119 @@
+"""Backend choice with the machine probes replaced, plus what this GPU-less machine really gets."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import engines
+from engines import select
+from engines.base import ModelLoadError
+from engines.select import BackendChoice, BackendUnavailable, choose_backend
+from engines.trt import GpuInfo
+
+GPU = GpuInfo("NVIDIA GeForce RTX 4090", (8, 9))
+CUDA_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+CPU_ONLY = ("CPUExecutionProvider",)
+
+
+def _no_tensorrt() -> str:
+    raise ModelLoadError("TensorRT is not installed (No module named 'tensorrt'); pip install -r requirements-gpu.txt")
+
+
+@pytest.fixture
+def machine(monkeypatch: pytest.MonkeyPatch):
+    """Set what the probes report: TensorRT version (None: not installed), GPU, ORT providers, engines state."""
+
+    def set_machine(trt: str | None, gpu: GpuInfo | None, providers: tuple[str, ...], engines_state: str | None) -> None:
+        monkeypatch.setattr(select, "probe_tensorrt", (lambda: trt) if trt else _no_tensorrt)
+        monkeypatch.setattr(select, "probe_gpu", lambda: gpu)
+        monkeypatch.setattr(select, "probe_ort_providers", lambda: providers)
+        monkeypatch.setattr(select, "engines_state", lambda *args: engines_state)
+
+    return set_machine
+
+
+def test_auto_takes_tensorrt_with_engines_ready(machine, tmp_path: Path) -> None:
+    machine("11.4.0", GPU, CUDA_PROVIDERS, "ready")
+    assert choose_backend("auto", tmp_path) == BackendChoice(
+        "tensorrt", "TensorRT 11.4.0 on NVIDIA GeForce RTX 4090 (sm89), fp16: engines are ready."
+    )
+
+
+def test_auto_takes_tensorrt_when_engines_can_be_built(machine, tmp_path: Path) -> None:
+    machine("11.4.0", GPU, CPU_ONLY, "buildable")
+    choice = choose_backend("auto", tmp_path, precision="fp32")
+    assert choice.name == "tensorrt"
+    assert choice.reason.endswith("fp32: engines will be built on first use (several minutes, once per GPU).")
+
+
+def test_auto_falls_back_to_onnxruntime_cuda_and_says_why(machine, tmp_path: Path) -> None:
+    machine(None, GPU, CUDA_PROVIDERS, "ready")
+    assert choose_backend("auto", tmp_path) == BackendChoice(
+        "cuda", "ONNX Runtime with CUDA (TensorRT not used: TensorRT is not installed (No module named 'tensorrt'))."
+    )
+    machine("11.4.0", GPU, CUDA_PROVIDERS, None)
+    assert choose_backend("auto", tmp_path).reason == (
+        f"ONNX Runtime with CUDA (TensorRT not used: {tmp_path} lacks the ONNX models to build engines from)."
+    )
+
+
+def test_auto_ends_on_the_cpu_when_the_cuda_session_fell_back(machine, tmp_path: Path) -> None:
+    machine("11.4.0", None, CPU_ONLY, None)
+    assert choose_backend("auto", tmp_path) == BackendChoice(
+        "cpu",
+        "ONNX Runtime on the CPU: no NVIDIA GPU was found, and ONNX Runtime's CUDA provider did not start "
+        "(no GPU, or onnxruntime-gpu and its CUDA libraries are missing).",
+    )
+
+
+def test_a_named_backend_that_cannot_run_is_an_error(machine, tmp_path: Path) -> None:
+    machine("11.4.0", None, CPU_ONLY, None)
+    with pytest.raises(BackendUnavailable) as caught:
+        choose_backend("tensorrt", tmp_path)
+    assert str(caught.value) == (
+        "TensorRT was asked for, but no NVIDIA GPU was found; choose the cuda, cpu or auto backend"
+    )
+    with pytest.raises(BackendUnavailable, match=r"^ONNX Runtime CUDA was asked for, but ONNX Runtime's CUDA provider"):
+        choose_backend("cuda", tmp_path)
+
+
+def test_named_backends_that_can_run_are_taken(machine, tmp_path: Path) -> None:
+    machine("11.4.0", GPU, CUDA_PROVIDERS, "ready")
+    assert choose_backend("cuda", tmp_path) == BackendChoice("cuda", "ONNX Runtime with CUDA.")
+    assert choose_backend("cpu", tmp_path) == BackendChoice("cpu", "ONNX Runtime on the CPU, as asked.")
+    with pytest.raises(ValueError, match=r"^unknown backend 'vulkan'; choose one of auto, cpu, cuda, tensorrt$"):
+        choose_backend("vulkan", tmp_path)
+
+
+def test_this_machine_without_gpu_gets_the_cpu(tmp_path: Path) -> None:
+    """The real probes: TensorRT proper is not installed here and the CPU onnxruntime has no CUDA provider."""
+    select.probe_gpu.cache_clear()
+    select.probe_ort_providers.cache_clear()
+    choice = choose_backend("auto", tmp_path)
+    assert choice.name == "cpu"
+    assert choice.reason.startswith("ONNX Runtime on the CPU: ")
+
+
+def test_open_runner_keeps_the_onnxruntime_backends_and_adds_tensorrt(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper, save
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "relu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    save(model, str(tmp_path / "stitching.onnx"))
+    assert engines.BACKENDS == ("auto", "cpu", "cuda", "tensorrt")
+    for backend in ("cpu", "auto"):
+        with engines.open_runner(tmp_path / "stitching.onnx", backend) as runner:
+            assert runner.backend == "onnxruntime-cpu"
+            np.testing.assert_array_equal(runner.infer({"x": np.array([[-1.0, 0.0, 2.0]], np.float32)})["y"], [[0, 0, 2]])
+    with pytest.raises(ValueError, match=r"^unknown backend 'gpu'; choose one of auto, cpu, cuda, tensorrt$"):
+        engines.open_runner(tmp_path / "stitching.onnx", "gpu")
+    if select.probe_gpu() is None:
+        with pytest.raises(ModelLoadError, match=r"^(TensorRT is not installed|no NVIDIA GPU found)"):
+            engines.open_runner(tmp_path / "stitching.onnx", "tensorrt")

@@ -1,0 +1,101 @@
+"""The weights download: resumable, verified, and a fast clear failure offline."""
+from __future__ import annotations
+
+import hashlib
+import http.server
+import threading
+from pathlib import Path
+
+import pytest
+
+from export import download as dl
+from export.layout import WEIGHT_FILES
+
+
+class _RangeHandler(http.server.BaseHTTPRequestHandler):
+    """Serves every release path with the same payload, honouring Range and announcing the sha256 like the hub."""
+
+    payload = b""
+    requests: list[str] = []
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _headers(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Linked-Size", str(len(self.payload)))
+        self.send_header("X-Linked-Etag", '"' + hashlib.sha256(self.payload).hexdigest() + '"')
+        self.end_headers()
+
+    def do_HEAD(self) -> None:
+        self._headers(200, self.payload)
+
+    def do_GET(self) -> None:
+        rng = self.headers.get("Range")
+        self.requests.append(rng or "")
+        if rng:
+            start = int(rng.split("=")[1].rstrip("-"))
+            body = self.payload[start:]
+            self._headers(206, body)
+        else:
+            body = self.payload
+            self._headers(200, body)
+        self.wfile.write(body)
+
+
+@pytest.fixture()
+def server():
+    _RangeHandler.payload = bytes(range(256)) * 1000
+    _RangeHandler.requests = []
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RangeHandler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def test_download_fetches_every_file_and_resumes_a_partial_one(server: str, tmp_path: Path) -> None:
+    first = tmp_path / WEIGHT_FILES[0]
+    first.parent.mkdir(parents=True)
+    first.with_name(first.name + ".part").write_bytes(_RangeHandler.payload[:1000])
+
+    files = dl.download(tmp_path, base_url=server, log=lambda s: None)
+
+    assert [p.relative_to(tmp_path).as_posix() for p in files] == WEIGHT_FILES
+    assert all(p.read_bytes() == _RangeHandler.payload for p in files)
+    assert "bytes=1000-" in _RangeHandler.requests  # the partial file was continued, not restarted
+
+
+def test_download_keeps_verified_files_and_sets_aside_a_different_one(server: str, tmp_path: Path) -> None:
+    dl.download(tmp_path, base_url=server, log=lambda s: None)
+    odd = tmp_path / WEIGHT_FILES[1]
+    odd.write_bytes(b"user's own file")
+    _RangeHandler.requests.clear()
+    messages: list[str] = []
+
+    dl.download(tmp_path, base_url=server, log=messages.append)
+
+    assert len(_RangeHandler.requests) == 1  # only the replaced file was fetched again
+    assert odd.with_name(odd.name + ".old").read_bytes() == b"user's own file"
+    assert sum("already present and verified" in m for m in messages) == len(WEIGHT_FILES) - 1
+
+
+def test_offline_download_fails_fast_with_manual_instructions(tmp_path: Path) -> None:
+    with pytest.raises(dl.DownloadError) as err:
+        dl.download(tmp_path, base_url="http://127.0.0.1:9", timeout=2)
+    text = str(err.value)
+    assert text.startswith("cannot reach http://127.0.0.1:9")
+    for rel in WEIGHT_FILES:
+        assert str(tmp_path / rel) in text
+
+
+def test_cli_download_offline_prints_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
+    from export.__main__ import main
+
+    monkeypatch.setattr(dl, "HUB_URL", "http://127.0.0.1:9")
+    monkeypatch.setattr(dl.download, "__defaults__", ("http://127.0.0.1:9", 2.0, print))
+    assert main(["download", "--to", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot reach http://127.0.0.1:9")
+    assert "Traceback" not in err

@@ -1,0 +1,254 @@
+"""The live loop with a fast fake processor and a synthetic camera: bounded queues, latency, memory, control flow."""
+from __future__ import annotations
+
+import threading
+import time
+import tracemalloc
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from realtime.camera import CameraError, CameraSource, VideoFileSource, open_camera
+from realtime.live_api import FakeProcessor, FrameResult, SourceError
+from realtime.loop import DropOldestQueue, LiveFrame, LiveLoop, run_headless
+from realtime.options import ProcessOptions
+from realtime.record import Recorder, RecordExistsError
+
+
+class SyntheticCamera:
+    """Fast camera: a new 48x64 frame every `interval` s."""
+
+    def __init__(self, interval: float) -> None:
+        self.fps, self.status, self.interval = 1000.0, "", interval
+        self.n = 0
+        self.closed = False
+
+    def read(self) -> np.ndarray:
+        if self.interval:
+            time.sleep(self.interval)
+        self.n += 1
+        frame = np.full((48, 64, 3), 40, np.uint8)
+        frame[:, self.n % 64] = 255
+        return frame
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class ListSink:
+    def __init__(self) -> None:
+        self.frames: list[LiveFrame] = []
+        self.closed = False
+
+    def send(self, frame: LiveFrame) -> None:
+        self.frames.append(frame)
+        del self.frames[:-5]  # keep memory flat
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def portrait(h: int = 40, w: int = 30) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)
+
+
+def wait_for(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.005)
+
+
+def test_drop_oldest_queue() -> None:
+    q: DropOldestQueue[int] = DropOldestQueue(2)
+    for i in range(5):
+        q.put(i)
+    assert len(q) == 2 and q.dropped == 3
+    assert [q.get(0), q.get(0), q.get(0)] == [3, 4, None]
+    with pytest.raises(ValueError, match="queue size must be >= 1, got 0"):
+        DropOldestQueue(0)
+
+
+def test_2000_frames_bounded_queues_latency_and_memory() -> None:
+    processor = FakeProcessor(delay_s=0.001)
+    sink = ListSink()
+    loop = LiveLoop(processor, SyntheticCamera(0.0005), [sink])
+    loop.set_source(portrait())
+    tracemalloc.start()
+    try:
+        loop.start()
+        wait_for(lambda: loop.delivered >= 200, 60)
+        mem_early = tracemalloc.get_traced_memory()[0]
+        max_q = 0
+        while loop.delivered < 2000:
+            max_q = max(max_q, len(loop.captured_q), len(loop.output_q))
+            time.sleep(0.001)
+        mem_late = tracemalloc.get_traced_memory()[0]
+    finally:
+        assert loop.stop(2.0)
+        tracemalloc.stop()
+    stats = loop.stats()
+    assert max_q <= 1
+    assert stats.captured >= stats.processed >= stats.delivered >= 2000
+    assert stats.dropped_capture == stats.captured - stats.processed - len(loop.captured_q)
+    # the camera outruns the processor, so frames are dropped instead of queued: latency stays small
+    assert stats.dropped_capture > 0
+    assert stats.latency_p95_ms < 100
+    assert all(f.latency_ms >= 0 and f.result.output is not None for f in sink.frames)
+    assert set(stats.timings) == {"motion", "render", "process"}
+    assert all(f.process_ms >= 1.0 for f in sink.frames)  # the fake sleeps 1 ms per frame
+    assert mem_late - mem_early < 2_000_000, f"memory grew by {mem_late - mem_early} bytes"
+    assert sink.closed
+
+
+def test_controls_apply_on_processing_thread_without_restart() -> None:
+    processor = FakeProcessor()
+    loop = LiveLoop(processor, SyntheticCamera(0.002), [])
+    loop.start()
+    try:
+        options = ProcessOptions(scale=2.0, vx_ratio=0.1, relative=False)
+        loop.set_options(options, 0.4, True)
+        wait_for(lambda: processor.options is options)
+        assert (processor.smoothing, processor.lock_scale) == (0.4, True)
+        loop.recalibrate()
+        wait_for(lambda: processor.recalibrations == 1)
+        loop.set_source(portrait()).result(5)
+        failed = loop.set_source(np.zeros((20, 20, 3), np.uint8))
+        with pytest.raises(SourceError, match="no face found in the portrait"):
+            failed.result(5)
+        assert processor.sources_set == 1
+        # a new processor gets the current options and portrait before its first frame
+        replacement = FakeProcessor()
+        loop.set_processor(replacement).result(5)
+        assert replacement.options is options and replacement.sources_set == 1
+        assert processor.closed and not replacement.closed
+        seen = replacement.frames
+        wait_for(lambda: replacement.frames > seen + 3)
+        new_camera = SyntheticCamera(0.002)
+        old_camera = loop.source
+        loop.set_camera(new_camera)
+        wait_for(lambda: new_camera.n > 3)
+        assert loop.source is new_camera and old_camera.closed
+    finally:
+        assert loop.stop(2.0)
+    assert replacement.closed and new_camera.closed
+
+
+def test_processor_failure_keeps_stream_and_reports() -> None:
+    class Broken(FakeProcessor):
+        def process(self, frame_rgb: np.ndarray) -> FrameResult:
+            if self.frames % 2 == 0:
+                self.frames += 1
+                raise RuntimeError("CUDA out of memory")
+            return super().process(frame_rgb)
+
+    loop = LiveLoop(Broken(), SyntheticCamera(0.002), [])
+    loop.start()
+    try:
+        wait_for(lambda: loop.stats().errors >= 3 and loop.delivered >= 6)
+    finally:
+        loop.stop()
+
+
+def test_no_processor_still_shows_camera() -> None:
+    sink = ListSink()
+    loop = LiveLoop(None, SyntheticCamera(0.002), [sink])
+    loop.start()
+    try:
+        wait_for(lambda: len(sink.frames) >= 2)
+    finally:
+        loop.stop()
+    assert sink.frames[-1].result.output is None and sink.frames[-1].result.status == "no models loaded"
+    assert sink.frames[-1].camera.shape == (48, 64, 3)
+
+
+def test_broken_sink_is_removed_others_continue() -> None:
+    class Full:
+        closed = False
+
+        def send(self, frame: LiveFrame) -> None:
+            raise OSError("disk full")
+
+        def close(self) -> None:
+            self.closed = True
+
+    bad, good = Full(), ListSink()
+    loop = LiveLoop(FakeProcessor(), SyntheticCamera(0.002), [bad, good])
+    loop.start()
+    try:
+        wait_for(lambda: len(good.frames) >= 3)
+        assert loop.sinks == [good] and bad.closed
+        assert loop.stats().sink_error == "Full stopped: disk full"
+    finally:
+        loop.stop()
+    assert bad.closed and loop.sinks == []
+
+
+def test_run_headless_with_fake_vcam_and_recording(tmp_path: Path) -> None:
+    from tests.test_vcam import FakeCam
+
+    processor = FakeProcessor()
+    processor.set_source(portrait(60, 40))
+    lines: list[str] = []
+    out = tmp_path / "rec.mp4"
+    stats = run_headless(
+        processor, SyntheticCamera(0.002), virtual_cam=True, frames=30, record=out,
+        vcam_backend=FakeCam.open, report=lines.append, report_every_s=0.01,
+    )
+    assert stats.delivered >= 30
+    assert lines[0] == "virtual camera on: fake0 1280x720 @ 1000 fps"
+    assert any("fps | latency p50" in line for line in lines[1:])
+    cap = cv2.VideoCapture(str(out))
+    assert cap.get(cv2.CAP_PROP_FRAME_WIDTH) == 40 and cap.get(cv2.CAP_PROP_FRAME_HEIGHT) == 60
+    assert cap.get(cv2.CAP_PROP_FRAME_COUNT) >= 30
+    cap.release()
+    with pytest.raises(RecordExistsError, match=r"rec.mp4 already exists; choose another file name"):
+        Recorder(out)
+
+
+def test_run_headless_without_vcam_device_keeps_running() -> None:
+    def no_device(w: int, h: int, fps: float):
+        raise RuntimeError("'v4l2loopback' backend: No v4l2 loopback device found")
+
+    lines: list[str] = []
+    stop = threading.Event()
+
+    def report(line: str) -> None:
+        lines.append(line)
+        if "fps" in line:
+            stop.set()  # frames=None runs until told to stop
+
+    stats = run_headless(FakeProcessor(), SyntheticCamera(0.002), True, None, vcam_backend=no_device, report=report,
+                         report_every_s=0.05, stop_event=stop)
+    assert stats.delivered >= 1 and "fps | latency" in lines[-1]
+    assert lines[1] == f"processor: {FakeProcessor.backend}"
+    assert lines[0].startswith("virtual camera unavailable ('v4l2loopback' backend: No v4l2 loopback device found)")
+
+
+def test_video_file_loops_at_its_own_fps(tmp_path: Path) -> None:
+    path = tmp_path / "five.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 50.0, (32, 24))
+    for i in range(5):
+        writer.write(np.full((24, 32, 3), (0, 0, 40 * i), np.uint8))  # BGR: red channel rises
+    writer.release()
+    source = open_camera(str(path))
+    assert isinstance(source, VideoFileSource) and source.fps == 50.0
+    start = time.monotonic()
+    frames = [source.read() for _ in range(12)]
+    elapsed = time.monotonic() - start
+    source.close()
+    reds = [int(f[0, 0, 0]) for f in frames]  # RGB order: red first
+    assert reds[5] == reds[0] and reds[10] == reds[0] and reds[4] > reds[0] + 100
+    assert elapsed >= 11 / 50 * 0.9  # paced like a camera, not decoded as fast as possible
+
+
+def test_bad_camera_specs() -> None:
+    with pytest.raises(CameraError, match=r"video file nowhere\.mp4 does not exist; choose an existing"):
+        open_camera("nowhere.mp4")
+    camera = CameraSource(97)
+    assert camera.read() is None
+    assert camera.status.startswith("no camera at index 97 (unplugged or used by another app); retrying every 2 s")
+    camera.close()

@@ -1,0 +1,190 @@
+"""ONNX export: every file of the models folder, its verification against PyTorch, SPADE folding, errors."""
+from __future__ import annotations
+
+import copy
+import re
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import onnx
+import pytest
+
+from export.checkpoints import CheckpointError, load_network
+from export.config import OFFICIAL, REDUCED, ArchConfig
+from export.fake_weights import write_fake_weights
+from export.layout import CHECKPOINTS, FACE_MODELS, MODEL_FILES, NETWORK_ONNX
+from export.networks import NETWORK_IO, NETWORK_NAMES, example_inputs, fold_spectral_norm, input_shapes
+from export.onnx_export import (
+    ExportError,
+    VerificationError,
+    VerifyRow,
+    check_rows,
+    export_models,
+    export_network,
+    verify_network,
+)
+
+#: ops that computing sigma = u . (W v) and W / sigma would add to the generator graph
+SPECTRAL_NORM_OPS = {"MatMul", "Div", "ReduceL2"}
+
+
+def _ops(path: Path) -> Counter[str]:
+    return Counter(node.op_type for node in onnx.load(str(path)).graph.node)
+
+
+def _dims(value_info: onnx.ValueInfoProto) -> tuple[int, ...]:
+    return tuple(d.dim_value for d in value_info.type.tensor_type.shape.dim)
+
+
+def _check_models_folder(out: Path, rows: list[VerifyRow], cfg: ArchConfig) -> None:
+    """Every contract file exists, checks, has static contract I/O; every network output verified."""
+    assert sorted(p.name for p in out.iterdir()) == sorted(MODEL_FILES.values())
+    for name, file_name in NETWORK_ONNX.items():
+        model = onnx.load(str(out / file_name))
+        onnx.checker.check_model(model, full_check=True)
+        inputs = {i.name: _dims(i) for i in model.graph.input}
+        assert inputs == input_shapes(name, cfg)
+        assert tuple(o.name for o in model.graph.output) == NETWORK_IO[name][1]
+        assert all(all(d > 0 for d in _dims(o)) for o in model.graph.output), f"{name} has dynamic output dims"
+    assert [(r.network, r.output) for r in rows] == [(n, o) for n in NETWORK_NAMES for o in NETWORK_IO[n][1]]
+    assert all(row.rel_err < 1e-4 for row in rows), [row for row in rows if row.rel_err >= 1e-4]
+    assert not _ops(out / NETWORK_ONNX["spade_generator"]).keys() & SPECTRAL_NORM_OPS
+
+
+@pytest.fixture(scope="module")
+def exported(reduced_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[VerifyRow], list[str]]:
+    out = tmp_path_factory.mktemp("export") / "models"
+    lines: list[str] = []
+    rows = export_models(reduced_weights, out, verify=True, log=lines.append)
+    return out, rows, lines
+
+
+def test_export_writes_and_verifies_every_model(exported: tuple[Path, list[VerifyRow], list[str]]) -> None:
+    out, rows, lines = exported
+    _check_models_folder(out, rows, REDUCED)
+    shapes = {o.name: _dims(o) for o in onnx.load(str(out / "spade_generator.onnx")).graph.output}
+    assert shapes == {"image": (1, 3, 512, 512)}
+    shapes = {o.name: _dims(o) for o in onnx.load(str(out / "motion_extractor.onnx")).graph.output}
+    assert shapes == {"pitch": (1, 66), "yaw": (1, 66), "roll": (1, 66), "t": (1, 3), "exp": (1, 63),
+                      "scale": (1, 1), "kp": (1, 63)}
+
+
+def test_verification_table_is_logged(exported: tuple[Path, list[VerifyRow], list[str]]) -> None:
+    _, rows, lines = exported
+    table = lines[-1].splitlines()
+    assert table[0] == "| network | output | max abs err | rel err |"
+    assert len(table) == 2 + len(rows) == 2 + 13
+    assert table[2 + 8].startswith("| warping_module | out | ")
+    assert sum(line.startswith("exported ") for line in lines) == len(NETWORK_NAMES)
+
+
+def test_face_models_are_copied_unchanged(exported: tuple[Path, list[VerifyRow], list[str]],
+                                          reduced_weights: Path) -> None:
+    out, _, _ = exported
+    for rel in FACE_MODELS.values():
+        assert (out / Path(rel).name).read_bytes() == (reduced_weights / rel).read_bytes()
+
+
+def test_spade_fold_removes_sigma_math_and_keeps_output(reduced_weights: Path, tmp_path: Path) -> None:
+    unfolded = load_network(reduced_weights, "spade_generator")
+    folded = fold_spectral_norm(copy.deepcopy(unfolded))
+    trace = example_inputs("spade_generator", REDUCED, seed=0)
+    export_network(unfolded, "spade_generator", trace, tmp_path / "unfolded.onnx")
+    export_network(folded, "spade_generator", trace, tmp_path / "folded.onnx")
+
+    # 8 blocks: 6 middle (conv_0, conv_1) + 2 up (conv_0, conv_1, conv_s) = 18 spectral-normed convs,
+    # each adding W @ v and u . (W v) and one division
+    assert _ops(tmp_path / "unfolded.onnx")["MatMul"] == 2 * 18
+    assert _ops(tmp_path / "unfolded.onnx")["Div"] == 18
+    assert not _ops(tmp_path / "folded.onnx").keys() & SPECTRAL_NORM_OPS
+    initializers = {i.name for i in onnx.load(str(tmp_path / "folded.onnx")).graph.initializer}
+    assert not any(name.endswith(("weight_orig", "weight_u", "weight_v")) for name in initializers)
+    assert (tmp_path / "folded.onnx").stat().st_size < (tmp_path / "unfolded.onnx").stat().st_size
+
+    # the folded file still computes what the spectral-normed PyTorch module computes
+    (row,) = verify_network(unfolded, "spade_generator", tmp_path / "folded.onnx",
+                            example_inputs("spade_generator", REDUCED, seed=3))
+    assert row.rel_err < 1e-5
+
+
+def test_verification_catches_a_wrong_file(reduced_weights: Path, tmp_path: Path) -> None:
+    lip = load_network(reduced_weights, "lip")
+    export_network(lip, "lip", example_inputs("lip", REDUCED, seed=0), tmp_path / "lip.onnx")
+    other = copy.deepcopy(lip)
+    other.mlp[0].bias.data += 0.5
+    (row,) = verify_network(other, "lip", tmp_path / "lip.onnx", example_inputs("lip", REDUCED, seed=1))
+    assert row.rel_err > 1e-2
+
+
+def test_check_rows_names_every_failing_output() -> None:
+    rows = [VerifyRow("lip", "delta", 1e-9, 1e-8), VerifyRow("warping_module", "out", 0.01, 2.5e-3),
+            VerifyRow("eye", "delta", 0.3, 0.5)]
+    with pytest.raises(VerificationError) as info:
+        check_rows(rows)
+    assert str(info.value) == (
+        "ONNX Runtime disagrees with PyTorch for warping_module/out (rel err 2.5e-03), eye/delta (rel err 5.0e-01) "
+        "above 0.0001; the export is wrong, do not use these files"
+    )
+    check_rows(rows[:1])
+
+
+def test_refuses_to_overwrite(exported: tuple[Path, list[VerifyRow], list[str]], reduced_weights: Path) -> None:
+    out, _, _ = exported
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    with pytest.raises(ExportError) as info:
+        export_models(reduced_weights, out)
+    assert str(info.value) == (
+        f"{out} already holds 10 model file(s) ({', '.join(MODEL_FILES.values())}); pass --force to replace them"
+    )
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+def test_unwritable_out_dir(reduced_weights: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    out = blocker / "models"  # tests run as root, so a chmod-ed folder would still be writable
+    with pytest.raises(ExportError) as info:
+        export_models(reduced_weights, out)
+    assert str(info.value) == (
+        f"cannot write to the models folder {out} (Not a directory); choose a writable folder with --out"
+    )
+
+
+def test_cli_prints_one_line_error(reduced_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from export.__main__ import main
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert main(["onnx", "--weights", str(reduced_weights), "--out", str(blocker / "m")]) == 1
+    err = capsys.readouterr().err
+    assert err == f"error: cannot write to the models folder {blocker / 'm'} (Not a directory); " \
+                  "choose a writable folder with --out\n"
+
+
+def test_missing_weights_folder(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match=r"^weights directory .*nowhere does not exist; get the weights with"):
+        export_models(tmp_path / "nowhere", tmp_path / "models")
+    assert not (tmp_path / "models").exists()
+
+
+@pytest.mark.parametrize("missing", [CHECKPOINTS["warping_module"], FACE_MODELS["det_10g"]])
+def test_missing_weight_file(reduced_weights: Path, tmp_path: Path, missing: str) -> None:
+    weights = tmp_path / "weights"
+    shutil.copytree(reduced_weights, weights)
+    (weights / missing).unlink()
+    kind = "checkpoint" if missing.endswith(".pth") else "face model"
+    fix = f"get the weights with `python -m export download --to {weights}`"
+    with pytest.raises(CheckpointError, match="^" + re.escape(f"{kind} {weights / missing} is missing; {fix}")):
+        export_models(weights, tmp_path / "models")
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
+
+
+@pytest.mark.slow
+def test_official_export_verifies(tmp_path: Path) -> None:
+    weights = tmp_path / "weights"
+    write_fake_weights(weights, seed=0, reduced=False)
+    rows = export_models(weights, tmp_path / "models", verify=True, log=lambda line: None)
+    _check_models_folder(tmp_path / "models", rows, OFFICIAL)
+    sizes = {name: (tmp_path / "models" / f).stat().st_size for name, f in NETWORK_ONNX.items()}
+    assert 100e6 < sizes["warping_module"] < 300e6 and 100e6 < sizes["spade_generator"] < 300e6

@@ -1,0 +1,158 @@
+"""The animation core on real media with the reduced fake models: crops, motion math through the networks,
+paste-back, and process()'s batch behaviour. Fake weights make the pixels meaningless; geometry and math are real."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from realtime.images import ImageInputError, load_image
+from realtime.live_api import SourceError
+from realtime.motion import Motion, apply_stitching, kp_delta, lip_input, stitching_input
+from realtime.options import ProcessOptions
+from realtime.pipeline import Animator, output_frame_box
+from realtime.render import array_clip, driving_frames, process
+
+PLAIN = ProcessOptions(lip_zero=False, stitching=False)
+
+
+@pytest.fixture(scope="module")
+def animator(reduced_models: Path) -> Animator:
+    return Animator(reduced_models, "cpu")
+
+
+@pytest.fixture(scope="module")
+def portrait(media_dir: Path) -> np.ndarray:
+    return load_image(media_dir / "portraits" / "s0.jpg")
+
+
+@pytest.fixture(scope="module")
+def source(animator: Animator, portrait: np.ndarray):
+    return animator.prepare_source(portrait, ProcessOptions())
+
+
+@pytest.fixture(scope="module")
+def drive_frames(media_dir: Path) -> list[np.ndarray]:
+    from realtime.render import open_video
+
+    clip = open_video(media_dir / "driving" / "d10.mp4")
+    frames = clip.frames()
+    return [next(frames) for _ in range(3)]
+
+
+def test_source_crop_is_stable_and_maps_back_onto_the_face(animator: Animator, portrait: np.ndarray, source) -> None:
+    again = animator.prepare_source(portrait, ProcessOptions())
+    np.testing.assert_array_equal(again.M_c2o, source.M_c2o)
+    np.testing.assert_array_equal(again.f_s, source.f_s)
+    quad = output_frame_box(source)
+    x1, y1, x2, y2 = source.face_box
+    # the face box lies inside the pasted crop, and the crop (scale 2.3) is wider than the face
+    assert quad[:, 0].min() < x1 and quad[:, 0].max() > x2 and quad[:, 1].min() < y1 and quad[:, 1].max() > y2
+    crop_side = np.linalg.norm(quad[1] - quad[0])
+    assert 1.5 * (x2 - x1) < crop_side < 4.0 * (x2 - x1)
+    assert source.f_s.shape[2:] == (16, 64, 64)
+    assert source.crop.img.shape == (512, 512, 3) and source.crop.img_256.shape == (256, 256, 3)
+
+
+def test_dsize_changes_the_crop_resolution_not_the_paste_place(animator: Animator, portrait: np.ndarray, source) -> None:
+    small = animator.prepare_source(portrait, ProcessOptions(dsize=256))
+    assert small.crop.img.shape == (256, 256, 3)
+    np.testing.assert_allclose(output_frame_box(small), output_frame_box(source), atol=0.5)
+
+
+def test_first_frame_as_reference_reproduces_the_source_keypoints(animator: Animator, source, drive_frames) -> None:
+    frames = list(driving_frames(animator, array_clip(drive_frames)))
+    first = animator.driving_motion(frames[0])
+    x_d = animator.keypoints(source, first, first, PLAIN)
+    np.testing.assert_allclose(x_d, source.x_s, atol=1e-6)
+    later = animator.driving_motion(frames[2])
+    assert np.abs(animator.keypoints(source, later, first, PLAIN) - source.x_s).max() > 1e-4
+
+
+def test_stitching_adds_exactly_the_stitching_network_delta(animator: Animator, source, drive_frames) -> None:
+    frames = list(driving_frames(animator, array_clip(drive_frames)))
+    ref, drv = (animator.driving_motion(frames[i]) for i in (0, 2))
+    x_d = animator.keypoints(source, drv, ref, PLAIN)
+    stitched = animator.keypoints(source, drv, ref, replace(PLAIN, stitching=True))
+    delta = animator.nets.runners["stitching"].infer({"x": stitching_input(source.x_s, x_d)})["delta"][0]
+    expected = x_d + delta[:63].reshape(21, 3)
+    expected[:, :2] += delta[63:65]
+    np.testing.assert_allclose(stitched, expected, atol=1e-6)
+    np.testing.assert_allclose(stitched, apply_stitching(x_d, delta[None]), atol=1e-6)
+
+
+def test_lip_zero_adds_the_closing_delta_only_for_an_open_source_mouth(animator: Animator, source) -> None:
+    motion = Motion(R=source.info.R, exp=source.info.exp, scale=source.info.scale, t=source.info.t)
+    off = animator.keypoints(source, motion, motion, PLAIN)
+    on = animator.keypoints(source, motion, motion, replace(PLAIN, lip_zero=True))
+    if source.c_s_lip >= 0.03:
+        closing = animator.nets.runners["lip"].infer({"x": lip_input(source.x_s, source.c_s_lip, 0.0)})["delta"]
+        np.testing.assert_allclose(on - off, kp_delta(closing), atol=1e-6)
+    else:
+        np.testing.assert_array_equal(on, off)
+
+
+def test_eye_retargeting_with_relative_motion_moves_only_by_the_eye_delta(animator: Animator, source, drive_frames) -> None:
+    frames = list(driving_frames(animator, array_clip(drive_frames)))
+    ref, drv = (animator.driving_motion(frames[i]) for i in (0, 2))
+    assert drv.eye_ratio is not None and drv.lip_ratio is not None
+    options = replace(PLAIN, eye_retargeting=True, eyes_retargeting_multiplier=2.0)
+    x_d = animator.keypoints(source, drv, ref, options)
+    ratios = np.array([[*source.c_s_eyes, drv.eye_ratio[0]]], dtype=np.float32) * 2.0
+    feed = np.concatenate([source.x_s.reshape(1, 63), ratios], axis=1)
+    delta = animator.nets.runners["eye"].infer({"x": feed})["delta"].reshape(21, 3)
+    np.testing.assert_allclose(x_d, source.x_s + delta, atol=1e-6)
+
+
+def test_identity_driving_leaves_the_photo_unchanged_outside_the_mask(animator: Animator, portrait: np.ndarray, drive_frames) -> None:
+    still = [drive_frames[0]] * 2
+    crops, fulls = process([portrait], still, ProcessOptions(), animator)
+    assert crops.shape == (2, 512, 512, 3) and fulls.shape == (2, *portrait.shape)
+    src = animator.prepare_source(portrait, ProcessOptions())
+    outside = src.mask[..., 0] == 0
+    assert outside.mean() > 0.2  # the check covers a real part of the photo
+    np.testing.assert_array_equal(fulls[0][outside], portrait[outside])
+    np.testing.assert_array_equal(fulls[0], fulls[1])  # same motion, same frame
+    inside = src.mask[..., 0] == 1
+    assert np.abs(fulls[0][inside].astype(int) - portrait[inside]).mean() > 1  # the face was replaced
+
+
+def test_process_batches_sources_then_driving_frames_in_order(animator: Animator, media_dir: Path, drive_frames) -> None:
+    a = load_image(media_dir / "portraits" / "s0.jpg")
+    b = load_image(media_dir / "portraits" / "s5.jpg")
+    crops, fulls = process([a, b], drive_frames[:2], ProcessOptions(), animator)
+    assert crops.shape == (4, 512, 512, 3)
+    assert isinstance(fulls, list) and [f.shape for f in fulls] == [a.shape, a.shape, b.shape, b.shape]
+    single, _ = process([b], drive_frames[:2], ProcessOptions(), animator)
+    np.testing.assert_array_equal(crops[2:], single)
+
+
+def test_odd_source_formats_are_converted(animator: Animator, portrait: np.ndarray) -> None:
+    gray = portrait.mean(axis=2).astype(np.uint8)
+    rgba = np.dstack([portrait, np.full(portrait.shape[:2], 255, np.uint8)])
+    deep = portrait.astype(np.uint16) * 257
+    for image in (gray, rgba, deep):
+        crops, fulls = process([image], [portrait], ProcessOptions(), animator)
+        assert crops.shape == (1, 512, 512, 3) and fulls.shape == (1, *portrait.shape)
+
+
+def test_huge_source_is_pasted_back_at_full_size(animator: Animator, portrait: np.ndarray) -> None:
+    import cv2
+
+    huge = cv2.resize(portrait, (8000, 8000 * portrait.shape[0] // portrait.shape[1]))
+    src = animator.prepare_source(huge, ProcessOptions())
+    small = animator.prepare_source(portrait, ProcessOptions())
+    factor = huge.shape[1] / portrait.shape[1]
+    np.testing.assert_allclose(output_frame_box(src) / factor, output_frame_box(small), atol=6.0)
+    assert src.mask.shape[:2] == huge.shape[:2]
+
+
+def test_bad_sources_get_clear_errors(animator: Animator) -> None:
+    with pytest.raises(SourceError, match="no face found in the portrait"):
+        animator.prepare_source(np.full((400, 300, 3), 128, np.uint8), ProcessOptions())
+    with pytest.raises(ImageInputError, match="image is 1x1 pixels; use an image of at least 32x32 pixels"):
+        process([np.zeros((1, 1, 3), np.uint8)], [np.zeros((64, 64, 3), np.uint8)], ProcessOptions(), animator)
+    with pytest.raises(ValueError, match="dsize must be between 64 and 2048"):
+        ProcessOptions(dsize=4096)

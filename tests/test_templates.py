@@ -1,0 +1,155 @@
+"""Motion templates: every shared template loads, bad files give exact messages, save/load round-trips."""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from realtime.motion import Motion
+from realtime.templates import Template, TemplateError, load_template, save_template
+
+WITH_RATIOS = {"d1", "d2", "d8"}
+
+
+def shared_templates(media_dir: Path) -> list[Path]:
+    paths = sorted((media_dir / "templates").glob("*.npz"))
+    assert len(paths) == 10
+    return paths
+
+
+def good_arrays(n: int = 4) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {"scale": np.full((n, 1), 1.5, np.float32), "R": np.tile(np.eye(3, dtype=np.float32), (n, 1, 1)),
+            "exp": rng.normal(0, 0.01, (n, 21, 3)).astype(np.float32),
+            "t": np.zeros((n, 3), np.float32), "fps": np.float32(25)}
+
+
+def error_of(path: Path) -> str:
+    with pytest.raises(TemplateError) as err:
+        load_template(path)
+    return str(err.value)
+
+
+def test_every_shared_template_loads(media_dir: Path) -> None:
+    for path in shared_templates(media_dir):
+        raw = np.load(path)
+        tpl = load_template(path)
+        n = raw["scale"].shape[0]
+        assert len(tpl) == n and tpl.fps == float(raw["fps"]) > 0
+        assert (tpl.eye_ratio is not None, tpl.lip_ratio is not None) == ((path.stem in WITH_RATIOS),) * 2
+        np.testing.assert_array_equal(tpl.t[:, 2], 0)
+        # real rotations: orthonormal with determinant 1
+        np.testing.assert_allclose(tpl.R @ tpl.R.transpose(0, 2, 1), np.broadcast_to(np.eye(3), (n, 3, 3)),
+                                   atol=1e-4)
+        last = tpl.motion(n - 1)
+        assert last.scale == float(raw["scale"][n - 1, 0])
+        np.testing.assert_array_equal(last.R, raw["R"][n - 1])
+        np.testing.assert_array_equal(last.exp, raw["exp"][n - 1])
+        np.testing.assert_array_equal(last.t, raw["t"][n - 1])
+        if path.stem in WITH_RATIOS:
+            np.testing.assert_array_equal(last.eye_ratio, raw["eye_ratio"][n - 1])
+            np.testing.assert_array_equal(last.lip_ratio, raw["lip_ratio"][n - 1])
+        else:
+            assert last.eye_ratio is None and last.lip_ratio is None
+
+
+def test_round_trip_reproduces_the_shared_files(media_dir: Path, tmp_path: Path) -> None:
+    for path in shared_templates(media_dir):
+        tpl = load_template(path)
+        out = tmp_path / path.name
+        save_template(out, [tpl.motion(i) for i in range(len(tpl))], tpl.fps)
+        original, saved = np.load(path), np.load(out)
+        assert sorted(saved.files) == sorted(original.files)
+        for name in original.files:
+            assert saved[name].dtype == original[name].dtype == np.float32
+            np.testing.assert_array_equal(saved[name], original[name])
+
+
+def test_save_zeroes_t_z_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    eye = np.eye(3, dtype=np.float32)
+    motions = [Motion(R=eye, exp=np.zeros((21, 3), np.float32), scale=1.25, t=np.array([0.1, 0.2, 7.0], np.float32),
+                      eye_ratio=np.array([0.3, 0.35], np.float32), lip_ratio=np.array([0.02], np.float32))]
+    path = tmp_path / "rec.npz"
+    save_template(path, motions, 30)
+    tpl = load_template(path)
+    np.testing.assert_array_equal(tpl.t, np.array([[0.1, 0.2, 0.0]], np.float32))
+    np.testing.assert_array_equal(tpl.eye_ratio, np.array([[0.3, 0.35]], np.float32))
+    assert tpl.fps == 30.0 and tpl.scale[0, 0] == 1.25
+    with pytest.raises(TemplateError) as err:
+        save_template(path, motions * 2, 30)
+    assert str(err.value) == f"{path} already exists; choose another name or pass overwrite=True"
+    assert len(load_template(path)) == 1
+    save_template(path, motions * 2, 30, overwrite=True)
+    assert len(load_template(path)) == 2
+
+
+def test_save_rejects_partial_ratios_and_empty(tmp_path: Path) -> None:
+    eye = np.eye(3, dtype=np.float32)
+    base = dict(R=eye, exp=np.zeros((21, 3), np.float32), scale=1.0, t=np.zeros(3, np.float32))
+    mixed = [Motion(**base, lip_ratio=np.array([0.1], np.float32)), Motion(**base)]
+    with pytest.raises(TemplateError) as err:
+        save_template(tmp_path / "m.npz", mixed, 25)
+    assert str(err.value) == f"{tmp_path / 'm.npz'}: lip_ratio is set on 1 of 2 frames; set it on every frame or none"
+    with pytest.raises(TemplateError) as err:
+        save_template(tmp_path / "e.npz", [], 25)
+    assert str(err.value) == f"{tmp_path / 'e.npz'}: no motions to save; record at least one frame"
+    assert not (tmp_path / "m.npz").exists() and not (tmp_path / "e.npz").exists()
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"R": np.zeros((4, 3), np.float32)},
+     "array 'R' has shape (4, 3); expected (4, 3, 3) (N = 4 frames, from 'scale')"),
+    ({"exp": np.zeros((5, 21, 3), np.float32)},
+     "array 'exp' has shape (5, 21, 3); expected (4, 21, 3) (N = 4 frames, from 'scale')"),
+    ({"eye_ratio": np.zeros((4, 1), np.float32)},
+     "array 'eye_ratio' has shape (4, 1); expected (4, 2) (N = 4 frames, from 'scale')"),
+    ({"scale": np.float32(1.0)}, "array 'scale' has shape (); expected (N, 1) with N >= 1 frames"),
+    ({"t": np.zeros((4, 3), np.int64)}, "array 't' has dtype int64; expected a float dtype (float32)"),
+    ({"lip_ratio": np.full((4, 1), np.nan, np.float32)},
+     "array 'lip_ratio' holds NaN or infinite values; re-record the template"),
+    ({"fps": np.array([25.0], np.float32)},
+     "array 'fps' is [25.0] with shape (1,); expected a positive finite scalar, shape (), such as 25.0"),
+    ({"fps": np.float32(0)},
+     "array 'fps' is 0.0 with shape (); expected a positive finite scalar, shape (), such as 25.0"),
+    ({"pose": np.zeros(3)}, "unknown array(s) pose; a template holds only R, exp, eye_ratio, fps, lip_ratio, scale, t"),
+    ({"t": None}, "array(s) t missing; a template needs scale, R, exp, t, fps"),
+])
+def test_malformed_template_messages(tmp_path: Path, change: dict, message: str) -> None:
+    arrays = {k: v for k, v in {**good_arrays(), **change}.items() if v is not None}
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    assert error_of(path) == f"{path}: {message}"
+
+
+def test_pickle_and_non_npz_files_are_refused(tmp_path: Path) -> None:
+    pkl = tmp_path / "d1.pkl"
+    pkl.write_bytes(pickle.dumps({"n_frames": 1, "motion": []}))
+    assert error_of(pkl) == (f"{pkl} is not an .npz motion template "
+                             "(pickle and other files are refused: convert them with save_template)")
+    objects = tmp_path / "objects.npz"
+    np.savez(objects, **{**good_arrays(), "R": np.array([{"R": 1}], dtype=object)})
+    assert error_of(objects) == (f"{objects}: array 'R' holds pickled Python objects; "
+                                 "templates must be plain float arrays")
+    npy = tmp_path / "one.npy"
+    np.save(npy, np.zeros(3))
+    assert error_of(npy) == (f"{npy} is not an .npz motion template: it holds a single .npy array; "
+                             "save a template with save_template")
+    cut = tmp_path / "cut.npz"
+    np.savez(tmp_path / "full.npz", **good_arrays())
+    cut.write_bytes((tmp_path / "full.npz").read_bytes()[:60])
+    assert error_of(cut).startswith(f"{cut} is not an .npz motion template: the file is damaged (")
+    missing = tmp_path / "nope.npz"
+    assert error_of(missing) == f"{missing}: no such template file; pass the path of an .npz motion template"
+
+
+def test_template_frames_are_read_only_and_bounded(tmp_path: Path) -> None:
+    np.savez(tmp_path / "ok.npz", **good_arrays(3))
+    tpl = load_template(tmp_path / "ok.npz")
+    assert isinstance(tpl, Template)
+    with pytest.raises(ValueError):
+        tpl.motion(0).exp[0, 0] = 1.0
+    with pytest.raises(IndexError) as err:
+        tpl.motion(3)
+    assert str(err.value) == "template frame 3 is out of range: the template has frames 0..2"

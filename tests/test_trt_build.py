@@ -1,0 +1,246 @@
+"""Engine building without a GPU: the FP16 rewrite, TensorRT-RTX's ONNX parser and builder, the engine cache."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from engines.trt import GpuInfo
+from export import trt_build
+from export.trt_build import (
+    TrtBuildError,
+    TrtParseError,
+    build_engines,
+    build_plan,
+    check_parses,
+    engine_precision,
+    fp32_nodes,
+    mixed_fp16,
+)
+from export.trt_cache import EngineKey, engine_path, key_path, stale_reason
+
+GPU = GpuInfo("NVIDIA Test GPU 4090", (8, 9))
+
+
+def warp_like(seed: int = 0) -> onnx.ModelProto:
+    """The warping module and generator in miniature (opset 20): a 5-D GridSample whose grid is an identity grid
+    moved by keypoints and scaled by a conv mask, then a 2-D conv, a nearest 2x Resize and a sigmoid."""
+    rng = np.random.default_rng(seed)
+    d, h, w = 4, 8, 8
+    z, y, x = np.meshgrid(np.linspace(-1, 1, d), np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
+    inits = [
+        numpy_helper.from_array(np.stack([x, y, z], -1)[None].astype(np.float32), "identity_grid"),
+        numpy_helper.from_array(rng.normal(0, 0.3, (4, 4, 3, 3, 3)).astype(np.float32), "w_feat"),
+        numpy_helper.from_array(rng.normal(0, 0.3, (1, 4, 3, 3, 3)).astype(np.float32), "w_mask"),
+        numpy_helper.from_array(rng.normal(0, 0.3, (8, 16, 3, 3)).astype(np.float32), "w_out"),
+        numpy_helper.from_array(np.array([1], np.int64), "kp_axis"),
+        numpy_helper.from_array(np.array([1, 1, 1, 1, 3], np.int64), "offset_shape"),
+        numpy_helper.from_array(np.array([1, 16, h, w], np.int64), "flat_shape"),
+        numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["feature", "w_feat"], ["feat"], pads=[1] * 6),
+        helper.make_node("ReduceMean", ["kp", "kp_axis"], ["kp_mean"], keepdims=1),
+        helper.make_node("Reshape", ["kp_mean", "offset_shape"], ["offset"]),
+        helper.make_node("Add", ["identity_grid", "offset"], ["moved"]),
+        helper.make_node("Conv", ["feat", "w_mask"], ["mask_logit"], pads=[1] * 6),
+        helper.make_node("Sigmoid", ["mask_logit"], ["mask"]),
+        helper.make_node("Transpose", ["mask"], ["mask_last"], perm=[0, 2, 3, 4, 1]),
+        helper.make_node("Mul", ["moved", "mask_last"], ["grid"]),
+        helper.make_node("GridSample", ["feat", "grid"], ["sampled"], mode="linear", padding_mode="zeros", align_corners=0),
+        helper.make_node("Reshape", ["sampled", "flat_shape"], ["flat"]),
+        helper.make_node("Conv", ["flat", "w_out"], ["decoded"], pads=[1] * 4),
+        helper.make_node("Resize", ["decoded", "", "scales"], ["up"], mode="nearest"),
+        helper.make_node("Sigmoid", ["up"], ["image"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "warp_like",
+        [
+            helper.make_tensor_value_info("feature", TensorProto.FLOAT, [1, 4, d, h, w]),
+            helper.make_tensor_value_info("kp", TensorProto.FLOAT, [1, 3, 3]),
+        ],
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 8, 2 * h, 2 * w])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 9
+    return model
+
+
+def warp_feeds(seed: int = 1) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "feature": rng.normal(size=(1, 4, 4, 8, 8)).astype(np.float32),
+        "kp": rng.normal(0, 0.2, (1, 3, 3)).astype(np.float32),
+    }
+
+
+def save(model: onnx.ModelProto, path: Path) -> Path:
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def rtx():
+    """TensorRT-RTX: its ONNX parser and builder run without a GPU, so CI can check every graph."""
+    return pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx is not installed (pip install tensorrt-rtx)")
+
+
+def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+
+
+def test_fp32_nodes_are_the_grid_sample_and_the_ops_computing_its_grid() -> None:
+    graph = warp_like().graph
+    pinned = sorted(graph.node[i].output[0] for i in fp32_nodes(graph))
+    # the mask conv stops the walk: convolutions are what FP16 is for
+    assert pinned == ["grid", "kp_mean", "mask", "mask_last", "moved", "offset", "sampled"]
+
+
+def test_mixed_fp16_is_valid_onnx_with_float32_io_grid_and_resize_scales() -> None:
+    model = mixed_fp16(warp_like())
+    onnx.checker.check_model(model, full_check=True)
+    inits = {t.name: t.data_type for t in model.graph.initializer}
+    assert inits["w_feat"] == inits["w_mask"] == inits["w_out"] == TensorProto.FLOAT16
+    assert inits["identity_grid"] == inits["scales"] == TensorProto.FLOAT
+    assert [v.type.tensor_type.elem_type for v in [*model.graph.input, *model.graph.output]] == [TensorProto.FLOAT] * 3
+    types = {v.name: v.type.tensor_type.elem_type for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
+    sample = next(n for n in model.graph.node if n.op_type == "GridSample")
+    assert [types[name] for name in sample.input] == [TensorProto.FLOAT, TensorProto.FLOAT]
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    assert types[conv.output[0]] == TensorProto.FLOAT16
+
+
+def test_mixed_fp16_matches_fp32_to_half_precision() -> None:
+    feeds = warp_feeds()
+    full, half = _run(warp_like(), feeds), _run(mixed_fp16(warp_like()), feeds)
+    assert half.dtype == np.float32
+    error = float(np.abs(full - half).max())
+    assert 0 < error < 2e-2  # it really ran in FP16, and FP16 is close enough
+
+
+def test_engine_precision_keeps_coordinate_models_in_fp32() -> None:
+    assert engine_precision("warping_module", "fp16") == "fp16"
+    assert engine_precision("motion_extractor", "fp16") == "fp32"
+    assert engine_precision("landmark", "fp16") == "fp32"
+    assert engine_precision("spade_generator", "fp32") == "fp32"
+    with pytest.raises(ValueError, match=r"^precision must be one of fp16, fp32, got 'int8'$"):
+        engine_precision("spade_generator", "int8")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_tensorrt_rtx_parses_the_5d_grid_sample_natively(rtx, tmp_path: Path, precision: str) -> None:
+    path = save(warp_like(), tmp_path / "warping_module.onnx")
+    _, network, _ = trt_build.parse_onnx(rtx, trt_build._model_bytes(path, precision), path.name)
+    types = [network.get_layer(i).type for i in range(network.num_layers)]
+    assert types.count(rtx.LayerType.GRID_SAMPLE) == 1
+    assert check_parses(path, rtx, precision) == network.num_layers
+
+
+def test_tensorrt_rtx_builds_an_engine_and_a_timing_cache(rtx, tmp_path: Path) -> None:
+    path = save(warp_like(), tmp_path / "warping_module.onnx")
+    cache = tmp_path / "cache" / "timing.cache"
+    plan = build_plan(rtx, path, "fp16", cache, progress=False)
+    assert len(plan) > 1000
+    assert cache.stat().st_size > 0
+
+
+def test_unsupported_op_fails_the_check_with_the_node_named(rtx, tmp_path: Path) -> None:
+    node = helper.make_node("FancyWarp", ["x"], ["y"], domain="org.example")
+    graph = helper.make_graph(
+        [node], "bad",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid("org.example", 1)])
+    path = save(model, tmp_path / "bad.onnx")
+    with pytest.raises(TrtParseError) as caught:
+        check_parses(path, rtx)
+    message = str(caught.value)
+    assert message.startswith("bad.onnx: TensorRT's ONNX parser rejected it: node 0 '' (FancyWarp): ")
+    assert message.endswith("re-export it with `python -m export onnx` (opset 20) or install a TensorRT that supports these ops")
+    assert "\n" not in message
+
+
+@pytest.fixture
+def exported_models(request: pytest.FixtureRequest) -> Path:
+    """The `reduced_models` folder, or a skip while the exporter is not in this checkout."""
+    pytest.importorskip("export.fake_weights", reason="the reduced-model exporter is not in this checkout")
+    pytest.importorskip("export.onnx_export", reason="the reduced-model exporter is not in this checkout")
+    return request.getfixturevalue("reduced_models")
+
+
+def test_every_exported_model_parses_with_tensorrt_rtx(rtx, exported_models: Path) -> None:
+    from export.layout import MODEL_FILES
+
+    for name in MODEL_FILES.values():
+        for precision in ("fp32", "fp16"):
+            assert check_parses(exported_models / name, rtx, precision) > 0, (name, precision)
+    plan = build_plan(rtx, exported_models / "warping_module.onnx", "fp16", progress=False)  # the 5-D grid sample
+    assert len(plan) > 100_000
+
+
+def _models_dir(tmp_path: Path, seed: int = 0) -> Path:
+    models = tmp_path / "models"
+    models.mkdir(exist_ok=True)
+    save(warp_like(seed), models / "warping_module.onnx")
+    save(warp_like(seed), models / "motion_extractor.onnx")
+    return models
+
+
+def test_build_engines_caches_by_key_and_rebuilds_when_the_onnx_changes(rtx, tmp_path: Path) -> None:
+    models, out, log = _models_dir(tmp_path), tmp_path / "engines", []
+    engines = build_engines(models, out, "fp16", log.append, trt=rtx, gpu=GPU)
+    folder = out / f"nvidia-test-gpu-4090-sm89-trt{rtx.__version__}"
+    assert engines == [folder / "motion_extractor.fp32.engine", folder / "warping_module.fp16.engine"]
+    key = json.loads(key_path(engines[1]).read_text())
+    assert key["gpu"] == GPU.name and key["compute_capability"] == "8.9" and key["precision"] == "fp16"
+    assert sum("building" in line for line in log) == 2
+
+    log.clear()
+    stamps = [p.stat().st_mtime_ns for p in engines]
+    assert build_engines(models, out, "fp16", log.append, trt=rtx, gpu=GPU) == engines
+    assert [p.stat().st_mtime_ns for p in engines] == stamps
+    assert sum("up to date" in line for line in log) == 2
+
+    log.clear()
+    save(warp_like(seed=5), models / "warping_module.onnx")
+    build_engines(models, out, "fp16", log.append, trt=rtx, gpu=GPU)
+    assert any(
+        line == "warping_module: building the fp16 engine (the ONNX file changed since it was built); "
+        "this takes a while, once per GPU" for line in log
+    )
+    assert sum("up to date" in line for line in log) == 1
+
+
+def test_stale_reason_names_what_differs(tmp_path: Path) -> None:
+    key = EngineKey("GPU A", "8.6", "11.4.0", "fp16", "aa" * 32)
+    engine = engine_path(tmp_path, "spade_generator", key)
+    assert stale_reason(engine, key) == "no engine yet"
+    engine.parent.mkdir(parents=True)
+    engine.write_bytes(b"plan")
+    assert stale_reason(engine, key) == "its key file is missing or unreadable"
+    key_path(engine).write_text(json.dumps({**key.__dict__, "tensorrt": "11.2.0", "gpu": "GPU B"}))
+    assert stale_reason(engine, key) == "it was built for a different gpu, tensorrt"
+    key_path(engine).write_text(json.dumps(key.__dict__))
+    assert stale_reason(engine, key) is None
+
+
+def test_build_engines_without_a_gpu_says_so(rtx, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(trt_build, "gpu_info", lambda: None)
+    with pytest.raises(TrtBuildError, match=r"^no NVIDIA GPU found: TensorRT engines are built on the GPU that runs them;"):
+        build_engines(_models_dir(tmp_path), tmp_path / "engines", trt=rtx)
+
+
+def test_build_engines_on_a_folder_without_models_says_what_to_run(tmp_path: Path) -> None:
+    with pytest.raises(TrtBuildError) as caught:
+        build_engines(tmp_path, tmp_path / "engines", gpu=GPU)
+    assert str(caught.value) == (
+        f"{tmp_path} holds none of the model files; run `python -m export onnx --out {tmp_path}` first"
+    )

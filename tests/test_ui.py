@@ -1,0 +1,238 @@
+"""The live window with a fake processor and a shared driving video as the camera (pytest-qt, offscreen)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+pytest.importorskip("pytestqt")
+from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl  # noqa: E402
+from PySide6.QtGui import QDropEvent  # noqa: E402
+
+from realtime.live_api import DOWNLOAD_COMMAND, FakeProcessor, ModelsMissingError  # noqa: E402
+from realtime.options import ProcessOptions  # noqa: E402
+from tests.test_vcam import FakeCam  # noqa: E402
+from ui.main_window import OPTION_RANGES, MainWindow  # noqa: E402
+from ui.settings import Settings  # noqa: E402
+
+WAIT_MS = 15000
+
+
+class Factory:
+    """Records every processor it makes; `fail` makes it raise like a missing models folder."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.made: list[FakeProcessor] = []
+        self.fail = fail
+
+    def __call__(self, models_dir: Path | None, backend: str) -> FakeProcessor:
+        if self.fail:
+            raise ModelsMissingError(f"models folder {models_dir} is missing motion_extractor.onnx")
+        processor = FakeProcessor(delay_s=0.003)
+        processor.backend = f"fake {backend}"
+        self.made.append(processor)
+        return processor
+
+
+@pytest.fixture
+def video(media_dir: Path) -> str:
+    return str(media_dir / "driving" / "d11.mp4")
+
+
+@pytest.fixture
+def make_window(qtbot, tmp_path: Path, video: str):
+    def make(factory: Factory | None = None, camera: str | None = None, **kwargs) -> MainWindow:
+        window = MainWindow(
+            factory or Factory(), tmp_path / "models", "cpu", tmp_path / "config" / "settings.json",
+            camera=camera or video, vcam_backend=kwargs.pop("vcam_backend", FakeCam.open), **kwargs,
+        )
+        qtbot.addWidget(window)
+        window.show()
+        return window
+
+    return make
+
+
+def flowing(qtbot, window: MainWindow, more: int = 3) -> None:
+    start = window.frames_shown
+    qtbot.waitUntil(lambda: window.frames_shown >= start + more, timeout=WAIT_MS)
+
+
+def test_every_control_reaches_the_processor(qtbot, make_window, media_dir: Path) -> None:
+    factory = Factory()
+    window = make_window(factory)
+    processor = factory.made[0]
+    window.load_portrait(media_dir / "portraits" / "s0.jpg")
+    flowing(qtbot, window)
+    changes = {
+        "dsize": 256, "scale": 2.0, "vx_ratio": 0.1, "vy_ratio": -0.3, "lip_zero": False,
+        "eye_retargeting": True, "eyes_retargeting_multiplier": 1.5, "lip_retargeting": True,
+        "lip_retargeting_multiplier": 0.5, "stitching": False, "relative": False,
+    }
+    assert set(changes) | {"onnx_device"} == set(ProcessOptions.names())
+    for name, value in changes.items():
+        widget = window.option_widgets[name]
+        widget.setChecked(value) if isinstance(value, bool) else widget.setValue(value)
+        qtbot.waitUntil(lambda: getattr(processor.options, name) == pytest.approx(value), timeout=WAIT_MS)
+    window.smoothing_slider.setValue(70)
+    qtbot.waitUntil(lambda: processor.smoothing == pytest.approx(0.7), timeout=WAIT_MS)
+    window.lock_scale_check.setChecked(True)
+    qtbot.waitUntil(lambda: processor.lock_scale is True, timeout=WAIT_MS)
+    qtbot.mouseClick(window.recalibrate_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: processor.recalibrations == 1, timeout=WAIT_MS)
+    # another device builds a new processor that gets the same options and portrait
+    window.device_combo.setCurrentText("cuda")
+    cuda = factory.made[-1]
+    qtbot.waitUntil(lambda: cuda.frames > 2, timeout=WAIT_MS)
+    assert cuda.backend == "fake cuda" and window.backend_label.text() == "processor: fake cuda"
+    assert cuda.options.onnx_device == "CUDA" and cuda.options.dsize == 256 and cuda.smoothing == pytest.approx(0.7)
+    assert cuda.sources_set >= 1 and cuda.source is not None
+    np.testing.assert_array_equal(cuda.source, processor.source)
+    flowing(qtbot, window)
+    assert "fps | latency p50" in window.readout.text()
+
+
+def test_switch_portraits_mid_stream_and_persist(qtbot, make_window, media_dir: Path, tmp_path: Path) -> None:
+    window = make_window()
+    first, second = media_dir / "portraits" / "s0.jpg", media_dir / "portraits" / "s3.jpg"
+    window.load_portrait(first)
+    shape = cv2.imread(str(second)).shape
+    qtbot.waitUntil(lambda: window.last_frame is not None and window.last_frame.result.output is not None,
+                    timeout=WAIT_MS)
+    assert window.last_frame.result.output.shape != shape
+    window.load_portrait(second)
+    qtbot.waitUntil(lambda: window.last_frame.result.output.shape == shape, timeout=WAIT_MS)
+    flowing(qtbot, window)
+    assert window.recent_list.count() == 2
+    assert window.recent_list.item(0).data(Qt.ItemDataRole.UserRole) == str(second.resolve())
+    window.option_widgets["scale"].setValue(3.0)
+    window.close()
+    saved = json.loads((tmp_path / "config" / "settings.json").read_text())
+    assert saved["recent_portraits"] == [str(second.resolve()), str(first.resolve())]
+    assert saved["options"]["scale"] == 3.0 and saved["camera"].endswith("d11.mp4")
+    assert Settings.load(tmp_path / "config" / "settings.json").options["scale"] == 3.0
+
+
+def test_drop_image_file_sets_portrait(qtbot, make_window, media_dir: Path) -> None:
+    factory = Factory()
+    window = make_window(factory)
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(media_dir / "portraits" / "s5.jpg"))])
+    event = QDropEvent(QPointF(5, 5), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+                       Qt.KeyboardModifier.NoModifier)
+    window.dropEvent(event)
+    qtbot.waitUntil(lambda: factory.made[0].sources_set == 1, timeout=WAIT_MS)
+    assert factory.made[0].source.shape == cv2.imread(str(media_dir / "portraits" / "s5.jpg")).shape
+
+
+def test_portrait_without_face_shows_message(qtbot, make_window, tmp_path: Path) -> None:
+    window = make_window()
+    flat = tmp_path / "flat.png"
+    cv2.imwrite(str(flat), np.full((64, 64, 3), 128, np.uint8))
+    window.load_portrait(flat)
+    qtbot.waitUntil(lambda: "portrait" in window.messages, timeout=WAIT_MS)
+    assert window.messages["portrait"] == (
+        "Portrait not usable (flat.png): no face found in the portrait: choose a photo with one clearly visible face"
+    )
+    window.load_portrait(tmp_path / "missing.jpg")
+    assert window.messages["portrait"] == f"Cannot read the portrait {tmp_path / 'missing.jpg'}: choose a .jpg or .png image"
+    flowing(qtbot, window)
+
+
+def test_missing_models_message_and_camera_still_runs(qtbot, make_window, tmp_path: Path) -> None:
+    window = make_window(Factory(fail=True))
+    assert window.messages["models"] == (
+        f"Models not loaded: models folder {tmp_path / 'models'} is missing motion_extractor.onnx. "
+        f"To get the models run: {DOWNLOAD_COMMAND}"
+    )
+    assert window.banner.isVisibleTo(window) and DOWNLOAD_COMMAND in window.banner.text()
+    flowing(qtbot, window)
+    assert window.status_line.text() == "no models loaded" and window.last_frame.result.output is None
+
+
+def test_camera_problems_are_messages(qtbot, make_window, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    window = make_window(camera="97")
+    assert window.messages["camera_status"].startswith("no camera at index 97 (unplugged or used by another app)")
+    window.open_camera(str(tmp_path / "gone.mp4"))
+    assert window.messages["camera"].startswith(f"video file {tmp_path / 'gone.mp4'} does not exist")
+    monkeypatch.setattr("ui.main_window.list_cameras", lambda: [])
+    (tmp_path / "config").mkdir(exist_ok=True)
+    window2 = MainWindow(Factory(), None, "cpu", tmp_path / "config" / "other.json")
+    qtbot.addWidget(window2)
+    assert window2.messages["camera"].startswith("No camera found: plug in a webcam and click Refresh")
+    assert window2.messages["models"].startswith("No models configured: showing a demo.")
+
+
+def test_virtual_camera_on_off_and_unavailable(qtbot, make_window, media_dir: Path) -> None:
+    window = make_window()
+    window.load_portrait(media_dir / "portraits" / "s0.jpg")
+    window.vcam_check.setChecked(True)
+    assert window.vcam is not None
+    cam = window.vcam.cam
+    qtbot.waitUntil(lambda: len(cam.sent) > 3, timeout=WAIT_MS)
+    assert window.vcam_status.text() == "virtual camera on: fake0 1280x720 @ 25 fps" and cam.fps == 25
+    window.vcam_check.setChecked(False)
+    assert cam.closed and window.vcam is None
+
+    def missing(w: int, h: int, fps: float) -> FakeCam:
+        raise RuntimeError("no device")
+
+    window.vcam_backend = missing
+    window.vcam_check.setChecked(True)
+    assert not window.vcam_check.isChecked() and window.vcam_status.text() == "unavailable"
+    assert window.messages["vcam"].startswith("virtual camera unavailable (no device); to enable it, ")
+
+
+def test_recording_never_overwrites_silently(qtbot, make_window, media_dir: Path, tmp_path: Path) -> None:
+    window = make_window()
+    window.load_portrait(media_dir / "portraits" / "s0.jpg")
+    out = tmp_path / "take.mp4"
+    window.start_recording(out)
+    recorder = window.recorder
+    qtbot.waitUntil(lambda: recorder.frames >= 5, timeout=WAIT_MS)
+    window.stop_recording()
+    assert out.stat().st_size > 0 and window.record_status.text().startswith("saved ")
+    window.start_recording(out)
+    assert window.recorder is None
+    assert window.messages["record"] == f"{out} already exists; choose another file name or allow overwriting it"
+
+
+def test_close_stops_every_thread(qtbot, make_window) -> None:
+    window = make_window()
+    flowing(qtbot, window)
+    threads = list(window.loop.threads)
+    assert {t.name for t in threads} == {"live-capture", "live-process", "live-output"}
+    window.close()  # joins with a 2 s budget
+    assert not any(t.is_alive() for t in threads)
+    assert window.loop is None
+
+
+def test_option_ranges_match_the_node() -> None:
+    for name, (low, high, step) in OPTION_RANGES.items():
+        ProcessOptions(**{name: low})
+        ProcessOptions(**{name: high})
+        for outside in (low - step, high + step):
+            with pytest.raises(ValueError, match=f"{name} must be between"):
+                ProcessOptions(**{name: outside})
+
+
+def test_settings_file_survives_damage_and_prunes_missing(tmp_path: Path, media_dir: Path) -> None:
+    path = tmp_path / "window.json"
+    path.write_text("{not json")
+    assert Settings.load(path) == Settings()
+    kept = str(media_dir / "portraits" / "s0.jpg")
+    path.write_text(json.dumps({"recent_portraits": [str(tmp_path / "gone.jpg"), kept], "fps": 15, "extra": 1}))
+    loaded = Settings.load(path)
+    assert loaded.recent_portraits == [kept] and loaded.fps == 15
+
+
+def test_screenshot_grabs_the_running_window(qtbot, tmp_path: Path, media_dir: Path) -> None:
+    from ui.screenshot import take_screenshot
+
+    out = take_screenshot(tmp_path / "shot.png", media=media_dir, frames=5)
+    image = cv2.imread(str(out))
+    assert image.shape == (760, 1280, 3)
+    assert image.std() > 20  # the previews are drawn, not a blank window

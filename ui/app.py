@@ -1,0 +1,53 @@
+"""Entry point of the desktop app: `run_app(models_dir, backend, processor_factory)` opens the live window."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable
+
+from PySide6.QtWidgets import QApplication
+
+from realtime.live_api import ProcessorFactory
+from realtime.vcam import CameraBackend
+from ui.main_window import MainWindow
+from ui.settings import default_settings_path
+
+
+def make_window(
+    models_dir: Path | None,
+    backend: str,
+    processor_factory: ProcessorFactory,
+    *,
+    camera: str | None = None,
+    portrait: Path | None = None,
+    settings_path: Path | None = None,
+    vcam_backend: Callable[[int, int, float], CameraBackend] | None = None,
+) -> tuple[QApplication, MainWindow]:
+    """The application object (reused when one exists) and a shown main window."""
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    app.setApplicationName("LivePortrait RT")
+    window = MainWindow(
+        processor_factory, models_dir, backend, settings_path or default_settings_path(),
+        camera=camera, portrait=portrait, vcam_backend=vcam_backend,
+    )
+    window.resize(1280, 760)
+    window.show()
+    return app, window  # type: ignore[return-value]
+
+
+def run_app(
+    models_dir: Path | None,
+    backend: str,
+    processor_factory: ProcessorFactory,
+    *,
+    camera: str | None = None,
+    portrait: Path | None = None,
+    settings_path: Path | None = None,
+) -> int:
+    """Open the window and run until it is closed; the exit code of the Qt event loop."""
+    app, window = make_window(
+        models_dir, backend, processor_factory, camera=camera, portrait=portrait, settings_path=settings_path
+    )
+    code = app.exec()
+    window.shutdown()
+    return code
