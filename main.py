@@ -12,14 +12,14 @@ import sys
 import warnings
 from pathlib import Path
 
+from engines.select import BACKENDS
 from realtime.options import ProcessOptions
 
-BACKEND_CHOICES = ("auto", "cpu", "cuda", "tensorrt")
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", type=Path, help="models folder (from `python -m export onnx`)")
-    parser.add_argument("--backend", choices=BACKEND_CHOICES, default="auto", help="where the networks run")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto", help="where the networks run")
 
 
 def _add_options(parser: argparse.ArgumentParser) -> None:

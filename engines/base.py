@@ -31,19 +31,12 @@ class Runner(ABC):
 
     #: short backend name shown to users, e.g. "onnxruntime-cpu"
     backend: str = ""
+    #: the model's inputs and outputs in graph order; each backend fills them when it opens the model
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-
-    @property
-    @abstractmethod
-    def inputs(self) -> list[TensorSpec]:
-        """The model's inputs, in graph order."""
-
-    @property
-    @abstractmethod
-    def outputs(self) -> list[TensorSpec]:
-        """The model's outputs, in graph order."""
 
     @abstractmethod
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -67,19 +67,11 @@ class OrtRunner(Runner):
         self.backend = "onnxruntime-cuda" if "CUDAExecutionProvider" in got else "onnxruntime-cpu"
         if want_cuda and self.backend != "onnxruntime-cuda":
             log.warning("%s: CUDA provider failed to start, running on CPU", self.path.name)
-        self._inputs = [_spec(a) for a in self.session.get_inputs()]
-        self._outputs = [_spec(a) for a in self.session.get_outputs()]
-
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self._outputs
+        self.inputs = [_spec(a) for a in self.session.get_inputs()]
+        self.outputs = [_spec(a) for a in self.session.get_outputs()]
 
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.check_feeds(feeds)
-        typed = {s.name: np.ascontiguousarray(feeds[s.name], dtype=s.dtype) for s in self._inputs}
+        typed = {s.name: np.ascontiguousarray(feeds[s.name], dtype=s.dtype) for s in self.inputs}
         values = self.session.run(None, typed)
-        return {s.name: v for s, v in zip(self._outputs, values)}
+        return {s.name: v for s, v in zip(self.outputs, values)}

@@ -290,6 +290,8 @@ class TrtRunner(Runner):
             if self.context is None:
                 raise ModelLoadError(f"{self.path.name}: TensorRT could not create an execution context (GPU memory full?)")
             self._io = engine_io(self.engine, self.path.name)
+            self.inputs = [t.spec() for t in self._io if t.is_input]
+            self.outputs = [t.spec() for t in self._io if not t.is_input]
             self._device = {t.name: self._alloc("device", t.nbytes) for t in self._io}
             self._host = {t.name: host_view(self._alloc("host", t.nbytes), t.shape, t.dtype) for t in self._io}
             for tensor in self._io:
@@ -314,14 +316,6 @@ class TrtRunner(Runner):
         if self._graph is not None:
             self._cuda.graph_destroy(self._graph)
             self._graph = None
-
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return [t.spec() for t in self._io if t.is_input]
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return [t.spec() for t in self._io if not t.is_input]
 
     def enqueue(self, feeds: Mapping[str, np.ndarray | DeviceArray], stream: Any = None) -> dict[str, DeviceArray]:
         """Queue one run: numpy inputs go through the pinned buffers, DeviceArray inputs are bound in place."""

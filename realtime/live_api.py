@@ -12,6 +12,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
+from engines.select import BACKENDS
 from realtime.filters import MotionSmoother, ease_toward
 from realtime.options import ProcessOptions
 

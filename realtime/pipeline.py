@@ -34,9 +34,6 @@ from realtime.paste import OUT_SIZE, output_to_original, paste_back, prepare_pas
 SOURCE_MAX_DIM = 1280
 NET_SIZE = 256
 
-#: which backend an options.onnx_device asks for
-DEVICE_BACKENDS = {"CPU": "cpu", "CUDA": "cuda"}
-
 
 def to_net_input(img_256: np.ndarray) -> np.ndarray:
     """RGB uint8 256x256 -> 1x3x256x256 float32 in [0, 1] (no mean/std, spec 1)."""

@@ -34,18 +34,10 @@ class FakeRunner(Runner):
 
     def __init__(self, inputs: dict[str, tuple], outputs: dict[str, np.ndarray]) -> None:
         super().__init__(Path("fake.onnx"))
-        self._inputs = [TensorSpec(n, s, F32) for n, s in inputs.items()]
-        self._outputs = [TensorSpec(n, a.shape, F32) for n, a in outputs.items()]
+        self.inputs = [TensorSpec(n, s, F32) for n, s in inputs.items()]
+        self.outputs = [TensorSpec(n, a.shape, F32) for n, a in outputs.items()]
         self.values = outputs
         self.fed: list[dict[str, np.ndarray]] = []
-
-    @property
-    def inputs(self) -> list[TensorSpec]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> list[TensorSpec]:
-        return self._outputs
 
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.check_feeds(feeds)

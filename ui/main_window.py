@@ -38,7 +38,7 @@ from PySide6.QtWidgets import (
 )
 
 from realtime.camera import CameraError, FrameSource, list_cameras, open_camera
-from realtime.live_api import DOWNLOAD_COMMAND, FrameProcessor, ProcessorFactory, load_error_message
+from realtime.live_api import BACKENDS, DOWNLOAD_COMMAND, FrameProcessor, ProcessorFactory, load_error_message
 from realtime.loop import CallbackSink, LiveFrame, LiveLoop
 from realtime.options import ProcessOptions
 from realtime.record import Recorder, RecordError
@@ -56,7 +56,6 @@ OPTION_RANGES: dict[str, tuple[float, float, float]] = {
     "eyes_retargeting_multiplier": (0.01, 10.0, 0.01),
     "lip_retargeting_multiplier": (0.01, 10.0, 0.01),
 }
-BACKENDS = ("auto", "cpu", "cuda")
 RESOLUTIONS = ("640x480", "1280x720", "1920x1080")
 IMAGE_FILTER = "Images (*.jpg *.jpeg *.png *.bmp *.webp)"
 VIDEO_FILTER = "Videos (*.mp4 *.avi *.mov *.mkv *.webm)"
