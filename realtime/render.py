@@ -14,7 +14,7 @@ import numpy as np
 from realtime.images import ImageInputError, load_image, to_rgb_uint8
 from realtime.motion import Motion
 from realtime.options import ProcessOptions
-from realtime.pipeline import Animator, DrivingFrame, DrivingTracker, driving_box
+from realtime.pipeline import Animator, DrivingFrame, DrivingTracker, SourcePortrait, driving_box
 from realtime.templates import Template, load_template, save_template
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -107,10 +107,9 @@ def driving_motions(animator: Animator, driving: DrivingClip | Template) -> list
 
 
 def animate_frames(
-    animator: Animator, source: np.ndarray, motions: list[Motion], options: ProcessOptions
+    animator: Animator, src: SourcePortrait, motions: list[Motion], options: ProcessOptions
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(animated 512 crop, full frame) for each motion; relative motion is measured against the first one."""
-    src = animator.prepare_source(to_rgb_uint8(source), options)
     for motion in motions:
         crop = animator.animate(src, motion, motions[0], options)
         yield crop, animator.paste(src, crop)
@@ -134,7 +133,8 @@ def process(
     crops: list[np.ndarray] = []
     fulls: list[np.ndarray] = []
     for source in sources:
-        for crop, full in animate_frames(animator, source, motions, options):
+        src = animator.prepare_source(to_rgb_uint8(source), options)
+        for crop, full in animate_frames(animator, src, motions, options):
             crops.append(crop)
             fulls.append(full)
     same_size = len({f.shape for f in fulls}) == 1
@@ -191,16 +191,15 @@ def render(
     progress: Callable[[Iterable, int], Iterable] = lambda frames, total: frames,
 ) -> RenderReport:
     """Animate one portrait with a driving input into a full-frame video (and optionally the crops)."""
-    source = load_image(source_path)
     driving = open_driving(driving_path)
-    fps = driving.fps
-    sinks = [VideoSink(out, fps, overwrite)] + ([VideoSink(crop_out, fps, overwrite)] if crop_out else [])
+    sinks = [VideoSink(out, driving.fps, overwrite)] + ([VideoSink(crop_out, driving.fps, overwrite)] if crop_out else [])
+    src = animator.prepare_source(load_image(source_path), options)  # no face: fail before any slow work
     animator.timer.reset()
     start = time.perf_counter()
     frames = 0
     try:
         motions = driving_motions(animator, driving)
-        for crop, full in progress(animate_frames(animator, source, motions, options), len(motions)):
+        for crop, full in progress(animate_frames(animator, src, motions, options), len(motions)):
             sinks[0].write(full)
             if crop_out:
                 sinks[1].write(crop)

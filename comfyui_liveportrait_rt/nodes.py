@@ -1,0 +1,218 @@
+"""The ComfyUI nodes: a loader that opens an exported models folder as a LIVEPORTRAITPIPE, and LivePortraitProcess,
+which hands IMAGE batches to the project's own realtime.render.process() (the method is not implemented twice).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from engines.select import BACKENDS, choose_backend
+from export.layout import WEIGHT_FILES, missing_models
+from realtime import render
+from realtime.images import ImageInputError
+from realtime.live_api import DOWNLOAD_COMMAND, ModelsMissingError
+from realtime.options import DEVICES, ProcessOptions
+from realtime.pipeline import Animator
+from realtime.settings import resolve_models_dir
+
+log = logging.getLogger(__name__)
+
+CATEGORY = "LivePortrait"
+PIPE_TYPE = "LIVEPORTRAITPIPE"
+#: the loader's backend value that lets each LivePortraitProcess node's onnx_device pick "cpu" or "cuda"
+FOLLOW_DEVICE = "onnx_device"
+
+#: opened Animators per (resolved models folder, backend name): sessions are opened once per ComfyUI process,
+#: not once per run, and two loader nodes on the same folder share them
+_ANIMATORS: dict[tuple[Path, str], Animator] = {}
+
+
+class FrameSizeError(ValueError):
+    """Animated full frames of different sizes cannot form one ComfyUI IMAGE batch."""
+
+
+class PipelineTypeError(TypeError):
+    """The pipeline input is not ours (another node pack also names its pipeline type LIVEPORTRAITPIPE)."""
+
+
+def models_folder(weights_dir: str) -> Path:
+    """The exported models folder the text names, or the configured one when it is empty; ModelsMissingError
+    saying how to make it otherwise (an official weights folder gets the export command for that folder)."""
+    if not weights_dir.strip():
+        try:
+            return resolve_models_dir(None)
+        except ModelsMissingError as exc:
+            raise ModelsMissingError(f"{exc}; in ComfyUI you can also type the folder into weights_dir") from None
+    folder = Path(weights_dir.strip()).expanduser()
+    if not folder.is_dir():
+        raise ModelsMissingError(
+            f"weights_dir {folder} is not a folder; give the models folder made by `python -m export onnx`, "
+            "or leave weights_dir empty to use the configured one"
+        )
+    missing = missing_models(folder)
+    if not missing:
+        return folder
+    if all((folder / rel).is_file() for rel in WEIGHT_FILES):
+        out = folder.with_name(f"{folder.name}_onnx")
+        raise ModelsMissingError(
+            f"{folder} holds the official weights, which this runtime cannot run directly; export them once with: "
+            f"python -m export onnx --weights {folder} --out {out} and set weights_dir to {out}"
+        )
+    raise ModelsMissingError(f"models folder {folder} lacks {', '.join(missing)}; create it with: {DOWNLOAD_COMMAND}")
+
+
+@dataclass(frozen=True)
+class LivePortraitPipe:
+    """What flows along a LIVEPORTRAITPIPE link: where the models are and which backend runs them."""
+
+    models_dir: Path
+    #: "cpu", "cuda", "tensorrt", or FOLLOW_DEVICE (the process node's onnx_device decides)
+    backend: str
+
+    def animator(self, onnx_device: str) -> Animator:
+        """The cached Animator for this folder and backend, opened on first use."""
+        name = self.backend
+        if name == FOLLOW_DEVICE:
+            name = choose_backend(onnx_device.lower(), self.models_dir).name  # CPU/CUDA -> cpu/cuda
+        key = (self.models_dir.resolve(), name)
+        if key not in _ANIMATORS:
+            log.info("LivePortrait RT: opening %s with the %s backend", self.models_dir, name)
+            _ANIMATORS[key] = Animator(self.models_dir, name)
+        return _ANIMATORS[key]
+
+
+def image_batch_to_uint8(images: Any, name: str) -> np.ndarray:
+    """A ComfyUI IMAGE (B x H x W x C float tensor in [0, 1]) as B x H x W x C uint8. Values are rounded, not
+    truncated, so an image that came from 8-bit pixels (LoadImage divides by 255) gets exactly those pixels back."""
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[0] == 0:
+        got = f"a tensor of shape {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ImageInputError(f"{name} must be a ComfyUI IMAGE batch (B x H x W x 3 float tensor), got {got}")
+    values = images.detach().to(torch.float32)
+    if not torch.isfinite(values).all():
+        raise ImageInputError(f"{name} contains NaN or infinite values; give finite pixel values in [0, 1]")
+    return (values.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+
+def uint8_to_image_batch(frames: np.ndarray) -> torch.Tensor:
+    """B x H x W x 3 uint8 -> ComfyUI IMAGE: float32 in [0, 1]."""
+    return torch.from_numpy(frames).to(torch.float32) / 255
+
+
+def one_size_batch(frames: np.ndarray | list[np.ndarray]) -> np.ndarray:
+    """process()'s full frames as one array; a list (sources of different sizes) cannot be one IMAGE batch."""
+    if isinstance(frames, np.ndarray):
+        return frames
+    sizes = sorted({f"{f.shape[1]}x{f.shape[0]}" for f in frames})
+    raise FrameSizeError(
+        f"the full frames have different sizes ({', '.join(sizes)}) and a ComfyUI IMAGE batch needs one size; "
+        "resize the source images to one size or animate them one at a time"
+    )
+
+
+class LivePortraitRTLoader:
+    """Loader node: an exported models folder (ONNX) and a backend -> LIVEPORTRAITPIPE."""
+
+    DESCRIPTION = "Opens a LivePortrait RT models folder (exported ONNX) for LivePortraitProcess."
+    RETURN_TYPES = (PIPE_TYPE,)
+    RETURN_NAMES = ("pipeline",)
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, dict[str, tuple]]:
+        return {
+            "required": {
+                "weights_dir": (
+                    "STRING",
+                    {"default": "", "tooltip": "exported models folder; empty: $LIVEPORTRAIT_MODELS or the saved one"},
+                ),
+                "backend": (
+                    [FOLLOW_DEVICE, *BACKENDS],
+                    {"default": FOLLOW_DEVICE, "tooltip": "onnx_device: each LivePortraitProcess node's onnx_device picks CPU or CUDA"},
+                ),
+            }
+        }
+
+    def load(self, weights_dir: str, backend: str) -> tuple[LivePortraitPipe]:
+        folder = models_folder(weights_dir)
+        if backend != FOLLOW_DEVICE:
+            choice = choose_backend(backend, folder)  # fails here, at load, when the backend cannot run
+            log.info("LivePortrait RT: %s", choice.reason)
+            backend = choice.name
+        return (LivePortraitPipe(folder, backend),)
+
+
+class LivePortraitProcess:
+    """Animates every source image with every driving frame (sources one after another), like process()."""
+
+    DESCRIPTION = "Animates each source portrait with every driving frame; crops are 512x512, full frames the source's size."
+    RETURN_TYPES = ("IMAGE", "IMAGE")
+    RETURN_NAMES = ("cropped_images", "full_images")
+    FUNCTION = "process"
+    CATEGORY = CATEGORY
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, dict[str, tuple]]:
+        # the vx/vy step is 0.001 because ComfyUI rounds a FLOAT to its step: a coarser one would turn the
+        # -0.125 default into another value
+        d = ProcessOptions()
+        return {
+            "required": {
+                "pipeline": (PIPE_TYPE,),
+                "source_image": ("IMAGE",),
+                "driving_images": ("IMAGE",),
+                "dsize": ("INT", {"default": d.dsize, "min": 64, "max": 2048}),
+                "scale": ("FLOAT", {"default": d.scale, "min": 1.0, "max": 4.0, "step": 0.01}),
+                "vx_ratio": ("FLOAT", {"default": d.vx_ratio, "min": -1.0, "max": 1.0, "step": 0.001}),
+                "vy_ratio": ("FLOAT", {"default": d.vy_ratio, "min": -1.0, "max": 1.0, "step": 0.001}),
+                "lip_zero": ("BOOLEAN", {"default": d.lip_zero}),
+                "eye_retargeting": ("BOOLEAN", {"default": d.eye_retargeting}),
+                "eyes_retargeting_multiplier": (
+                    "FLOAT",
+                    {"default": d.eyes_retargeting_multiplier, "min": 0.01, "max": 10.0, "step": 0.001},
+                ),
+                "lip_retargeting": ("BOOLEAN", {"default": d.lip_retargeting}),
+                "lip_retargeting_multiplier": (
+                    "FLOAT",
+                    {"default": d.lip_retargeting_multiplier, "min": 0.01, "max": 10.0, "step": 0.001},
+                ),
+                "stitching": ("BOOLEAN", {"default": d.stitching}),
+                "relative": ("BOOLEAN", {"default": d.relative}),
+            },
+            "optional": {
+                "onnx_device": (
+                    list(DEVICES),
+                    {"default": d.onnx_device, "tooltip": "used when the loader's backend is onnx_device"},
+                ),
+            },
+        }
+
+    def process(
+        self, pipeline: LivePortraitPipe, source_image: Any, driving_images: Any, **options: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """IMAGE batches in, (cropped_images, full_images) IMAGE batches out; options are ProcessOptions' fields."""
+        if not isinstance(pipeline, LivePortraitPipe):
+            raise PipelineTypeError(
+                f"pipeline is a {type(pipeline).__name__} from another LivePortrait node pack; "
+                "connect the 'Load LivePortrait RT models' node instead"
+            )
+        settings = ProcessOptions(**options)
+        crops, fulls = render.process(
+            image_batch_to_uint8(source_image, "source_image"),
+            image_batch_to_uint8(driving_images, "driving_images"),
+            settings,
+            pipeline.animator(settings.onnx_device),
+        )
+        return uint8_to_image_batch(crops), uint8_to_image_batch(one_size_batch(fulls))
+
+
+NODE_CLASS_MAPPINGS = {"LivePortraitRTLoader": LivePortraitRTLoader, "LivePortraitProcess": LivePortraitProcess}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "LivePortraitRTLoader": "Load LivePortrait RT models",
+    "LivePortraitProcess": "LivePortrait Process (RT)",
+}

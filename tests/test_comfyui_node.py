@@ -1,0 +1,241 @@
+"""The ComfyUI nodes without ComfyUI installed: the node interface field by field, loader errors, tensor
+conversion, a 2 sources x 3 driving frames run on the reduced fake models checked against process(), and the
+package imported the way ComfyUI loads a custom-node folder."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from comfyui_liveportrait_rt import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, check_project_packages
+from comfyui_liveportrait_rt.nodes import (
+    FrameSizeError,
+    LivePortraitPipe,
+    LivePortraitProcess,
+    LivePortraitRTLoader,
+    PipelineTypeError,
+    image_batch_to_uint8,
+    one_size_batch,
+    uint8_to_image_batch,
+)
+from engines.select import BackendUnavailable, probe_ort_providers
+from realtime.images import ImageInputError, load_image
+from realtime.live_api import ModelsMissingError
+from realtime.options import ProcessOptions
+from realtime.render import open_video, process
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "comfyui_liveportrait_rt"
+
+#: the LivePortraitProcess interface: name -> (type, default, min, max, step); None where it has none
+PROCESS_INPUTS = {
+    "pipeline": ("LIVEPORTRAITPIPE", None, None, None, None),
+    "source_image": ("IMAGE", None, None, None, None),
+    "driving_images": ("IMAGE", None, None, None, None),
+    "dsize": ("INT", 512, 64, 2048, None),
+    "scale": ("FLOAT", 2.3, 1.0, 4.0, 0.01),
+    "vx_ratio": ("FLOAT", 0.0, -1.0, 1.0, 0.001),
+    "vy_ratio": ("FLOAT", -0.125, -1.0, 1.0, 0.001),
+    "lip_zero": ("BOOLEAN", True, None, None, None),
+    "eye_retargeting": ("BOOLEAN", False, None, None, None),
+    "eyes_retargeting_multiplier": ("FLOAT", 1.0, 0.01, 10.0, 0.001),
+    "lip_retargeting": ("BOOLEAN", False, None, None, None),
+    "lip_retargeting_multiplier": ("FLOAT", 1.0, 0.01, 10.0, 0.001),
+    "stitching": ("BOOLEAN", True, None, None, None),
+    "relative": ("BOOLEAN", True, None, None, None),
+}
+NO_CUDA = "CUDAExecutionProvider" not in probe_ort_providers()
+
+
+def _field(spec: tuple) -> tuple:
+    options = spec[1] if len(spec) > 1 else {}
+    return (spec[0], *(options.get(key) for key in ("default", "min", "max", "step")))
+
+
+def test_process_node_inputs_match_the_interface_field_by_field() -> None:
+    inputs = LivePortraitProcess.INPUT_TYPES()
+    assert set(inputs) == {"required", "optional"}
+    assert list(inputs["required"]) == list(PROCESS_INPUTS)
+    for name, expected in PROCESS_INPUTS.items():
+        assert _field(inputs["required"][name]) == expected, name
+    assert inputs["required"]["pipeline"] == ("LIVEPORTRAITPIPE",)
+    assert list(inputs["optional"]) == ["onnx_device"]
+    assert _field(inputs["optional"]["onnx_device"]) == (["CPU", "CUDA"], "CPU", None, None, None)
+
+
+def test_node_outputs_category_and_mappings() -> None:
+    assert LivePortraitProcess.RETURN_TYPES == ("IMAGE", "IMAGE")
+    assert LivePortraitProcess.RETURN_NAMES == ("cropped_images", "full_images")
+    assert LivePortraitProcess.FUNCTION == "process" and LivePortraitProcess.CATEGORY == "LivePortrait"
+    assert LivePortraitRTLoader.RETURN_TYPES == ("LIVEPORTRAITPIPE",)
+    assert LivePortraitRTLoader.FUNCTION == "load" and LivePortraitRTLoader.CATEGORY == "LivePortrait"
+    loader_inputs = LivePortraitRTLoader.INPUT_TYPES()["required"]
+    assert _field(loader_inputs["weights_dir"]) == ("STRING", "", None, None, None)
+    assert _field(loader_inputs["backend"]) == (["onnx_device", "auto", "cpu", "cuda", "tensorrt"], "onnx_device", None, None, None)
+    assert NODE_CLASS_MAPPINGS == {"LivePortraitRTLoader": LivePortraitRTLoader, "LivePortraitProcess": LivePortraitProcess}
+    assert set(NODE_DISPLAY_NAME_MAPPINGS) == set(NODE_CLASS_MAPPINGS)
+    for cls in NODE_CLASS_MAPPINGS.values():
+        assert callable(getattr(cls(), cls.FUNCTION))
+
+
+@pytest.mark.parametrize("name", [n for n, f in PROCESS_INPUTS.items() if f[0] in ("INT", "FLOAT")])
+def test_widget_ranges_are_exactly_what_process_options_accepts(name: str) -> None:
+    _, default, low, high, step = PROCESS_INPUTS[name]
+    outside = step or 1
+    ProcessOptions(**{name: low})
+    ProcessOptions(**{name: high})
+    for value in (low - outside, high + outside):
+        with pytest.raises(ValueError, match=f"{name} must be between {low:g} and {high:g}"):
+            ProcessOptions(**{name: value})
+
+
+def test_images_are_rounded_to_uint8_and_come_back_as_float32() -> None:
+    values = torch.tensor([0.0, 100.6 / 255, 127.4 / 255, 1.0, 1.02, -0.01]).reshape(1, 1, 6, 1).repeat(1, 1, 1, 3)
+    pixels = image_batch_to_uint8(values, "source_image")
+    assert pixels.dtype == np.uint8 and pixels.shape == (1, 1, 6, 3)
+    assert pixels[0, 0, :, 0].tolist() == [0, 101, 127, 255, 255, 0]
+    every = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, axis=3)
+    back = uint8_to_image_batch(every)
+    assert back.dtype == torch.float32 and float(back.max()) == 1.0
+    np.testing.assert_array_equal(image_batch_to_uint8(back, "x"), every)  # 8-bit pixels survive the round trip
+
+
+def test_bad_image_inputs_are_named() -> None:
+    with pytest.raises(ImageInputError, match=r"^driving_images must be a ComfyUI IMAGE batch \(B x H x W x 3 float tensor\), got a tensor of shape \(64, 64, 3\)$"):
+        image_batch_to_uint8(torch.zeros(64, 64, 3), "driving_images")
+    with pytest.raises(ImageInputError, match="source_image must be a ComfyUI IMAGE batch .*got ndarray"):
+        image_batch_to_uint8(np.zeros((1, 64, 64, 3)), "source_image")
+    with pytest.raises(ImageInputError, match="source_image contains NaN or infinite values"):
+        image_batch_to_uint8(torch.full((1, 64, 64, 3), float("nan")), "source_image")
+
+
+def test_full_frames_of_different_sizes_are_explained() -> None:
+    same = np.zeros((2, 40, 30, 3), np.uint8)
+    assert one_size_batch(same) is same
+    with pytest.raises(FrameSizeError, match=r"different sizes \(30x40, 50x40\) and a ComfyUI IMAGE batch needs one size"):
+        one_size_batch([np.zeros((40, 30, 3), np.uint8), np.zeros((40, 50, 3), np.uint8)])
+
+
+def test_loader_errors_say_how_to_get_a_models_folder(tmp_path: Path, reduced_weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    load = LivePortraitRTLoader().load
+    with pytest.raises(ModelsMissingError, match=f"weights_dir {tmp_path / 'nope'} is not a folder"):
+        load(str(tmp_path / "nope"), "cpu")
+    with pytest.raises(ModelsMissingError) as official:
+        load(str(reduced_weights), "cpu")
+    out = reduced_weights.with_name(f"{reduced_weights.name}_onnx")
+    assert f"export them once with: python -m export onnx --weights {reduced_weights} --out {out}" in str(official.value)
+    with pytest.raises(ModelsMissingError, match=f"models folder {tmp_path} lacks appearance_feature_extractor.onnx, "):
+        load(str(tmp_path), "cpu")
+    monkeypatch.setenv("LIVEPORTRAIT_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.delenv("LIVEPORTRAIT_MODELS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelsMissingError, match="^no models folder is configured; .*; in ComfyUI you can also type the folder into weights_dir$"):
+        load("", "onnx_device")
+
+
+def test_loader_uses_the_configured_folder_and_checks_the_backend(reduced_models: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIVEPORTRAIT_MODELS", str(reduced_models))
+    assert LivePortraitRTLoader().load("  ", "onnx_device") == (LivePortraitPipe(reduced_models, "onnx_device"),)
+    assert LivePortraitRTLoader().load(str(reduced_models), "auto")[0].backend in ("cpu", "cuda", "tensorrt")
+    if NO_CUDA:
+        with pytest.raises(BackendUnavailable, match="^ONNX Runtime CUDA was asked for, but .*; choose the cpu or auto backend$"):
+            LivePortraitRTLoader().load(str(reduced_models), "cuda")
+        with pytest.raises(BackendUnavailable, match="^ONNX Runtime CUDA was asked for"):
+            LivePortraitPipe(reduced_models, "onnx_device").animator("CUDA")
+
+
+def test_a_pipeline_from_another_node_pack_is_refused() -> None:
+    with pytest.raises(PipelineTypeError, match="^pipeline is a dict from another LivePortrait node pack; connect the 'Load LivePortrait RT models' node instead$"):
+        LivePortraitProcess().process({}, torch.zeros(1, 64, 64, 3), torch.zeros(1, 64, 64, 3))
+
+
+@pytest.fixture(scope="module")
+def batch_run(reduced_models: Path, media_dir: Path) -> dict:
+    """The node on 2 sources x 3 driving frames, as ComfyUI calls it (widget defaults), plus process() itself."""
+    first = load_image(media_dir / "portraits" / "s0.jpg")
+    second = cv2.resize(load_image(media_dir / "portraits" / "s5.jpg"), first.shape[1::-1], interpolation=cv2.INTER_AREA)
+    frames = open_video(media_dir / "driving" / "d10.mp4").frames()
+    driving = np.stack([next(frames) for _ in range(3)])
+    sources = np.stack([first, second])
+    widgets = {name: spec[1]["default"] for name, spec in LivePortraitProcess.INPUT_TYPES()["required"].items() if len(spec) > 1}
+    (pipe,) = LivePortraitRTLoader().load(str(reduced_models), "onnx_device")
+    crops, fulls = LivePortraitProcess().process(pipe, uint8_to_image_batch(sources), uint8_to_image_batch(driving), **widgets)
+    reference = process(sources, driving, ProcessOptions(), pipe.animator("CPU"))
+    return {"pipe": pipe, "sources": sources, "crops": crops, "fulls": fulls, "reference": reference}
+
+
+def test_two_sources_times_three_frames_give_six_frames_in_range(batch_run: dict) -> None:
+    crops, fulls = batch_run["crops"], batch_run["fulls"]
+    h, w = batch_run["sources"].shape[1:3]
+    assert isinstance(crops, torch.Tensor) and isinstance(fulls, torch.Tensor)
+    assert tuple(crops.shape) == (6, 512, 512, 3) and tuple(fulls.shape) == (6, h, w, 3)
+    for images in (crops, fulls):
+        assert images.dtype == torch.float32 and float(images.min()) >= 0.0 and float(images.max()) <= 1.0
+        assert float(images.std()) > 0.05  # real pictures, not a blank batch
+
+
+def test_node_frames_are_exactly_what_process_gives(batch_run: dict) -> None:
+    ref_crops, ref_fulls = batch_run["reference"]
+    assert ref_crops.shape == (6, 512, 512, 3)
+    for i in range(6):
+        np.testing.assert_array_equal(image_batch_to_uint8(batch_run["crops"][i : i + 1], "crop")[0], ref_crops[i])
+        np.testing.assert_array_equal(image_batch_to_uint8(batch_run["fulls"][i : i + 1], "full")[0], ref_fulls[i])
+    # sources one after another: the two portraits' frames differ, each source's first frame is its own
+    assert not np.array_equal(ref_crops[0], ref_crops[3])
+    assert np.abs(ref_fulls[3].astype(int) - batch_run["sources"][1]).mean() < np.abs(ref_fulls[3].astype(int) - batch_run["sources"][0]).mean()
+
+
+def test_animators_are_cached_per_folder_and_backend(batch_run: dict, reduced_models: Path) -> None:
+    (again,) = LivePortraitRTLoader().load(str(reduced_models), "cpu")
+    assert again.animator("CUDA") is batch_run["pipe"].animator("CPU")  # a fixed backend ignores onnx_device
+
+
+def test_foreign_package_of_the_same_name_is_reported(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    check_project_packages()  # ours are loaded from this repository
+    other = types.ModuleType("export")
+    other.__file__ = str(tmp_path / "export" / "__init__.py")
+    monkeypatch.setitem(sys.modules, "export", other)
+    with pytest.raises(ImportError, match=f"needs its own 'export' package from {REPO}, but 'export' is already loaded from {tmp_path}"):
+        check_project_packages()
+
+
+#: loads a custom-node folder the way ComfyUI's load_custom_node does, in a bare interpreter (-I: no cwd, no
+#: PYTHONPATH on sys.path), and reports what it got
+LOAD_LIKE_COMFYUI = """
+import importlib.util, json, sys
+path, name = sys.argv[1], sys.argv[2]
+spec = importlib.util.spec_from_file_location(name, path + "/__init__.py")
+module = importlib.util.module_from_spec(spec)
+sys.modules[name] = module
+spec.loader.exec_module(module)
+import realtime
+print(json.dumps({"nodes": sorted(module.NODE_CLASS_MAPPINGS), "realtime": realtime.__file__,
+                  "comfy": importlib.util.find_spec("comfy") is not None}))
+"""
+
+
+@pytest.mark.parametrize("how", ["folder", "symlink"])
+def test_package_imports_the_way_comfyui_loads_custom_nodes(tmp_path: Path, how: str) -> None:
+    path, name = PACKAGE, PACKAGE.name  # the folder name, as older ComfyUI names the module
+    if how == "symlink":
+        path = tmp_path / "custom_nodes" / "LivePortrait-RT.v1"
+        path.parent.mkdir()
+        try:
+            path.symlink_to(PACKAGE, target_is_directory=True)
+        except OSError:
+            pytest.skip("this file system cannot make symlinks")
+        name = str(path).replace(".", "_x_")  # newer ComfyUI names the module after the whole path
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", LOAD_LIKE_COMFYUI, str(path), name],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    loaded = json.loads(result.stdout.splitlines()[-1])
+    assert loaded == {"nodes": ["LivePortraitProcess", "LivePortraitRTLoader"], "realtime": str(REPO / "realtime" / "__init__.py"), "comfy": False}

@@ -1,0 +1,159 @@
+"""`python main.py render` and `template`: outputs, the final report line, and one-line errors for bad inputs."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from main import main
+from realtime.images import load_image
+from realtime.templates import load_template, save_template
+
+
+@pytest.fixture(scope="module")
+def short_template(media_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first two frames of a shared template, in the same format."""
+    template = load_template(media_dir / "templates" / "d1.npz")
+    path = tmp_path_factory.mktemp("tpl") / "two.npz"
+    save_template(path, [template.motion(i) for i in range(2)], template.fps)
+    return path
+
+
+@pytest.fixture(scope="module")
+def short_video(media_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three frames of a shared driving video, as a video file."""
+    capture = cv2.VideoCapture(str(media_dir / "driving" / "d10.mp4"))
+    path = tmp_path_factory.mktemp("video") / "three.mp4"
+    frames = [capture.read()[1] for _ in range(3)]
+    capture.release()
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25, frames[0].shape[1::-1])
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def _video_info(path: Path) -> tuple[int, int, int]:
+    capture = cv2.VideoCapture(str(path))
+    count = 0
+    size = (0, 0)
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        count, size = count + 1, frame.shape[:2]
+    capture.release()
+    return count, *size
+
+
+def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Exit code, stdout, and stderr without the informational "backend: ..." line."""
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, "".join(line for line in err.splitlines(keepends=True) if not line.startswith("backend: "))
+
+
+def test_render_from_a_template_writes_full_frames_and_crops(
+    reduced_models: Path, media_dir: Path, short_template: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = media_dir / "portraits" / "s5.jpg"
+    out, crops = tmp_path / "out.mp4", tmp_path / "crops.mp4"
+    args = ["render", "--models", str(reduced_models), "--backend", "cpu", "--source", str(source),
+            "--driving", str(short_template), "--out", str(out), "--crop-out", str(crops)]
+    code, stdout, _ = _run(args, capsys)
+    assert code == 0
+    assert re.fullmatch(rf"wrote {re.escape(str(out))}: 2 frames in \d+\.\d s \(\d+\.\d\d fps\)\n", stdout)
+    h, w = load_image(source).shape[:2]
+    assert _video_info(out) == (2, h, w)
+    assert _video_info(crops) == (2, 512, 512)
+
+    before = out.stat().st_mtime_ns
+    code, _, err = _run(args, capsys)
+    assert code == 1 and err == f"error: {out} already exists; pass --force to replace it or choose another name\n"
+    assert out.stat().st_mtime_ns == before
+
+
+def test_template_command_saves_the_shared_format(
+    reduced_models: Path, short_video: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "motion.npz"
+    code, stdout, _ = _run(["template", "--models", str(reduced_models), "--backend", "cpu",
+                            "--driving", str(short_video), "--out", str(out)], capsys)
+    assert code == 0 and stdout == f"wrote {out}: 3 frames\n"
+    template = load_template(out)
+    assert len(template) == 3 and template.fps == pytest.approx(25.0)
+    with np.load(out, allow_pickle=False) as data:
+        assert {k: data[k].shape for k in data.files} == {
+            "scale": (3, 1), "R": (3, 3, 3), "exp": (3, 21, 3), "t": (3, 3), "fps": (),
+            "eye_ratio": (3, 2), "lip_ratio": (3, 1),
+        }
+        np.testing.assert_array_equal(data["t"][:, 2], 0)
+
+
+def _bad_input(folder: Path, kind: str) -> Path:
+    path = folder / {"empty": "empty.mp4", "noise": "noise.mp4", "no images": "frames", "missing": "missing.mp4"}[kind]
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "noise":
+        path.write_bytes(bytes(range(256)) * 40)
+    elif kind == "no images":
+        path.mkdir()
+    return path
+
+
+NO_FRAMES = "error: {path} has no readable video frames; use an .mp4/.avi/.mov video, an image or a folder\n"
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("empty", NO_FRAMES),
+        ("noise", NO_FRAMES),
+        ("no images", "error: folder {path} holds no images (.bmp, .jpeg, .jpg, .png, .tif, .tiff, .webp)\n"),
+        ("missing", "error: driving input {path} does not exist\n"),
+    ],
+)
+def test_bad_driving_inputs_get_one_line_errors(
+    reduced_models: Path, media_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str, message: str
+) -> None:
+    path = _bad_input(tmp_path, kind)
+    code, _, err = _run(["render", "--models", str(reduced_models), "--backend", "cpu", "--source",
+                         str(media_dir / "portraits" / "s5.jpg"), "--driving", str(path),
+                         "--out", str(tmp_path / "o.mp4")], capsys)
+    assert code == 1 and err == message.format(path=path)
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_template_with_wrong_shapes_is_named(
+    reduced_models: Path, media_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, scale=np.ones((4, 1)), R=np.tile(np.eye(3), (4, 1, 1)), exp=np.zeros((4, 20, 3)),
+             t=np.zeros((4, 3)), fps=np.float64(25))
+    code, _, err = _run(["render", "--models", str(reduced_models), "--backend", "cpu", "--source",
+                         str(media_dir / "portraits" / "s5.jpg"), "--driving", str(bad),
+                         "--out", str(tmp_path / "o.mp4")], capsys)
+    assert code == 1 and err.startswith("error: ") and "'exp'" in err and "(4, 20, 3)" in err
+    assert "Traceback" not in err
+
+
+def test_portrait_without_face_and_missing_models_are_explained(
+    reduced_models: Path, media_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    blank = tmp_path / "blank.png"
+    cv2.imwrite(str(blank), np.full((300, 300, 3), 90, np.uint8))
+    driving = media_dir / "driving" / "d12.jpg"
+    code, _, err = _run(["render", "--models", str(reduced_models), "--backend", "cpu", "--source", str(blank),
+                         "--driving", str(driving), "--out", str(tmp_path / "o.mp4")], capsys)
+    assert code == 1 and err == (
+        "error: no face found in the portrait: choose a photo with one clearly visible, frontal face\n"
+    )
+
+    monkeypatch.setenv("LIVEPORTRAIT_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.delenv("LIVEPORTRAIT_MODELS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _run(["render", "--source", str(blank), "--driving", str(driving), "--out", "o.mp4"], capsys)
+    assert code == 1 and err.startswith("error: no models folder is configured; create one with: python -m export")
