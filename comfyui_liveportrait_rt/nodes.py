@@ -16,7 +16,7 @@ from export.layout import WEIGHT_FILES, missing_models
 from realtime import render
 from realtime.images import ImageInputError
 from realtime.live_api import DOWNLOAD_COMMAND, ModelsMissingError
-from realtime.options import DEVICES, ProcessOptions
+from realtime.options import DEVICES, OPTION_RANGES, ProcessOptions
 from realtime.pipeline import Animator
 from realtime.settings import resolve_models_dir
 
@@ -26,6 +26,16 @@ CATEGORY = "LivePortrait"
 PIPE_TYPE = "LIVEPORTRAITPIPE"
 #: the loader's backend value that lets each LivePortraitProcess node's onnx_device pick "cpu" or "cuda"
 FOLLOW_DEVICE = "onnx_device"
+#: widget steps; vx/vy get 0.001 because ComfyUI rounds a FLOAT to its step, and a coarser one would turn the
+#: -0.125 default into another value
+NODE_STEPS = {
+    "scale": 0.01,
+    "vx_ratio": 0.001,
+    "vy_ratio": 0.001,
+    "eyes_retargeting_multiplier": 0.001,
+    "lip_retargeting_multiplier": 0.001,
+}
+BACKEND_TOOLTIP = "onnx_device: the LivePortraitProcess node's onnx_device (CPU or CUDA) decides; else a fixed backend"
 
 #: opened Animators per (resolved models folder, backend name): sessions are opened once per ComfyUI process,
 #: not once per run, and two loader nodes on the same folder share them
@@ -133,7 +143,7 @@ class LivePortraitRTLoader:
                 ),
                 "backend": (
                     [FOLLOW_DEVICE, *BACKENDS],
-                    {"default": FOLLOW_DEVICE, "tooltip": "onnx_device: each LivePortraitProcess node's onnx_device picks CPU or CUDA"},
+                    {"default": FOLLOW_DEVICE, "tooltip": BACKEND_TOOLTIP},
                 ),
             }
         }
@@ -150,7 +160,7 @@ class LivePortraitRTLoader:
 class LivePortraitProcess:
     """Animates every source image with every driving frame (sources one after another), like process()."""
 
-    DESCRIPTION = "Animates each source portrait with every driving frame; crops are 512x512, full frames the source's size."
+    DESCRIPTION = "Animates each source portrait with every driving frame: 512x512 crops and source-size full frames."
     RETURN_TYPES = ("IMAGE", "IMAGE")
     RETURN_NAMES = ("cropped_images", "full_images")
     FUNCTION = "process"
@@ -158,36 +168,22 @@ class LivePortraitProcess:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, dict[str, tuple]]:
-        # the vx/vy step is 0.001 because ComfyUI rounds a FLOAT to its step: a coarser one would turn the
-        # -0.125 default into another value
-        d = ProcessOptions()
+        defaults = ProcessOptions()
+        options: dict[str, tuple] = {}
+        for name in ProcessOptions.names():
+            value = getattr(defaults, name)
+            if isinstance(value, bool):
+                options[name] = ("BOOLEAN", {"default": value})
+            elif name in OPTION_RANGES:
+                low, high = OPTION_RANGES[name]
+                spec = {"default": value, "min": low, "max": high} | ({"step": NODE_STEPS[name]} if name in NODE_STEPS else {})
+                options[name] = ("INT" if isinstance(value, int) else "FLOAT", spec)
         return {
-            "required": {
-                "pipeline": (PIPE_TYPE,),
-                "source_image": ("IMAGE",),
-                "driving_images": ("IMAGE",),
-                "dsize": ("INT", {"default": d.dsize, "min": 64, "max": 2048}),
-                "scale": ("FLOAT", {"default": d.scale, "min": 1.0, "max": 4.0, "step": 0.01}),
-                "vx_ratio": ("FLOAT", {"default": d.vx_ratio, "min": -1.0, "max": 1.0, "step": 0.001}),
-                "vy_ratio": ("FLOAT", {"default": d.vy_ratio, "min": -1.0, "max": 1.0, "step": 0.001}),
-                "lip_zero": ("BOOLEAN", {"default": d.lip_zero}),
-                "eye_retargeting": ("BOOLEAN", {"default": d.eye_retargeting}),
-                "eyes_retargeting_multiplier": (
-                    "FLOAT",
-                    {"default": d.eyes_retargeting_multiplier, "min": 0.01, "max": 10.0, "step": 0.001},
-                ),
-                "lip_retargeting": ("BOOLEAN", {"default": d.lip_retargeting}),
-                "lip_retargeting_multiplier": (
-                    "FLOAT",
-                    {"default": d.lip_retargeting_multiplier, "min": 0.01, "max": 10.0, "step": 0.001},
-                ),
-                "stitching": ("BOOLEAN", {"default": d.stitching}),
-                "relative": ("BOOLEAN", {"default": d.relative}),
-            },
+            "required": {"pipeline": (PIPE_TYPE,), "source_image": ("IMAGE",), "driving_images": ("IMAGE",), **options},
             "optional": {
                 "onnx_device": (
                     list(DEVICES),
-                    {"default": d.onnx_device, "tooltip": "used when the loader's backend is onnx_device"},
+                    {"default": defaults.onnx_device, "tooltip": "used when the loader's backend is onnx_device"},
                 ),
             },
         }

@@ -5,6 +5,16 @@ from dataclasses import dataclass, fields
 
 DEVICES = ("CPU", "CUDA")
 
+#: (min, max) of every numeric option: the node's ranges, shared by validation, the window and the ComfyUI node
+OPTION_RANGES: dict[str, tuple[float, float]] = {
+    "dsize": (64, 2048),
+    "scale": (1.0, 4.0),
+    "vx_ratio": (-1.0, 1.0),
+    "vy_ratio": (-1.0, 1.0),
+    "eyes_retargeting_multiplier": (0.01, 10.0),
+    "lip_retargeting_multiplier": (0.01, 10.0),
+}
+
 
 @dataclass
 class ProcessOptions:
@@ -28,20 +38,13 @@ class ProcessOptions:
 
     def validate(self) -> None:
         """Reject out-of-range values with a message naming the option and its range."""
-        _check_range("dsize", self.dsize, 64, 2048)
-        _check_range("scale", self.scale, 1.0, 4.0)
-        _check_range("vx_ratio", self.vx_ratio, -1.0, 1.0)
-        _check_range("vy_ratio", self.vy_ratio, -1.0, 1.0)
-        _check_range("eyes_retargeting_multiplier", self.eyes_retargeting_multiplier, 0.01, 10.0)
-        _check_range("lip_retargeting_multiplier", self.lip_retargeting_multiplier, 0.01, 10.0)
+        for name, (low, high) in OPTION_RANGES.items():
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise ValueError(f"{name} must be between {low:g} and {high:g}, got {value!r}")
         if self.onnx_device not in DEVICES:
             raise ValueError(f"onnx_device must be one of {', '.join(DEVICES)}, got {self.onnx_device!r}")
 
     @classmethod
     def names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
-
-
-def _check_range(name: str, value: float, low: float, high: float) -> None:
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be between {low:g} and {high:g}, got {value!r}")

@@ -5,6 +5,7 @@ with no portrait set (process() then stops before warp + decode) and only a hand
 """
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pytest
 from realtime.crop import BoxSmoother, crop_box, driving_box
 from realtime.images import load_image
 from realtime.live import LiveProcessor, make_processor
-from realtime.live_api import DOWNLOAD_COMMAND, ModelsMissingError, SourceError
+from realtime.live_api import DOWNLOAD_COMMAND, FakeProcessor, ModelsMissingError, SourceError
 from realtime.motion import Motion
 from realtime.options import ProcessOptions
 from realtime.pipeline import DrivingFrame
@@ -216,3 +217,39 @@ def test_make_processor_without_models_says_how_to_get_them(
         assert found.backend == "onnxruntime-cpu (ONNX Runtime on the CPU, as asked.)"
     finally:
         found.close()
+
+
+def test_pipeline_bench_table(processor: LiveProcessor, media_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    from bench.pipeline import STAGES, run_bench
+
+    result = run_bench(processor.animator, media_dir / "portraits" / "s6.jpg", media_dir / "driving" / DRIVING, 1)
+    (frame,) = result.frames
+    assert {"landmarks", "motion", "stitching/retargeting", "warp+decode", "paste-back"} == set(frame.stages)
+    assert 0 < frame.network_ms < frame.total_ms and sum(frame.stages.values()) <= frame.total_ms
+    assert result.overhead_pct == pytest.approx(100 * (1 - frame.network_ms / frame.total_ms))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("backend onnxruntime-cpu; portrait s6.jpg (725x725) prepared once in ")
+    assert lines[2:4] == ["| measure | frames | median |", "|---|---:|---:|"]
+    assert [line.split(" | ")[0] for line in lines[4:]] == [
+        *(f"| {name} (ms)" for name in STAGES), "| end-to-end (ms per frame)", "| fps",
+        "| non-network overhead (% of frame time)",
+    ]
+    assert lines[4] == "| detect (ms) | 0/1 | - |"  # detected in the warm-up frame, tracked after
+    assert lines[-2] == f"| fps | 1/1 | {1e3 / frame.total_ms:.2f} |"
+
+
+def test_live_bench_with_the_fake_processor(media_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    from bench.live import main
+
+    args = ["--fake", "--seconds", "0.5", "--source", str(media_dir / "portraits" / "s6.jpg")]
+    assert main([*args, "--driving", str(media_dir / "driving" / DRIVING)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"processor {FakeProcessor.backend}; ")
+    frames = int(re.search(r"; (\d+) frames delivered in ", lines[0]).group(1))
+    assert frames > 0
+    assert [line.split(" | ")[0] for line in lines[2:]] == [
+        "| measure", "|---|---:|", "| delivered fps (camera 30 fps)", "| latency p50 (ms)", "| latency p95 (ms)",
+        "| dropped frames", *(f"| {name} (median ms, {frames}/{frames} frames)" for name in ("motion", "process", "render")),
+    ]
+    assert main([*args[:-2], "--source", str(media_dir / "missing.jpg")]) == 1
+    assert capsys.readouterr().err == f"error: image file {media_dir / 'missing.jpg'} does not exist; check the path\n"

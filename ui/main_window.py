@@ -40,7 +40,7 @@ from PySide6.QtWidgets import (
 from realtime.camera import CameraError, FrameSource, list_cameras, open_camera
 from realtime.live_api import BACKENDS, DOWNLOAD_COMMAND, FrameProcessor, ProcessorFactory, load_error_message
 from realtime.loop import CallbackSink, LiveFrame, LiveLoop
-from realtime.options import ProcessOptions
+from realtime.options import OPTION_RANGES, ProcessOptions
 from realtime.record import Recorder, RecordError
 from realtime.vcam import CameraBackend, VirtualCamSink, VirtualCameraUnavailable
 from ui.settings import Settings
@@ -48,13 +48,14 @@ from ui.settings import Settings
 log = logging.getLogger(__name__)
 
 #: the LivePortraitProcess node's (min, max, step) for each numeric option; booleans are checkboxes
-OPTION_RANGES: dict[str, tuple[float, float, float]] = {
-    "dsize": (64, 2048, 64),
-    "scale": (1.0, 4.0, 0.05),
-    "vx_ratio": (-1.0, 1.0, 0.01),
-    "vy_ratio": (-1.0, 1.0, 0.01),
-    "eyes_retargeting_multiplier": (0.01, 10.0, 0.01),
-    "lip_retargeting_multiplier": (0.01, 10.0, 0.01),
+#: spin-box step of each numeric option (its range is the node's, from OPTION_RANGES)
+OPTION_STEPS: dict[str, float] = {
+    "dsize": 64,
+    "scale": 0.05,
+    "vx_ratio": 0.01,
+    "vy_ratio": 0.01,
+    "eyes_retargeting_multiplier": 0.01,
+    "lip_retargeting_multiplier": 0.01,
 }
 RESOLUTIONS = ("640x480", "1280x720", "1920x1080")
 IMAGE_FILTER = "Images (*.jpg *.jpeg *.png *.bmp *.webp)"
@@ -250,7 +251,7 @@ class MainWindow(QMainWindow):
             check.setChecked(value)
             check.toggled.connect(self._push_options)
             return check
-        low, high, step = OPTION_RANGES[name]
+        (low, high), step = OPTION_RANGES[name], OPTION_STEPS[name]
         spin: QSpinBox | QDoubleSpinBox
         if isinstance(value, int):
             spin = QSpinBox()

@@ -1,0 +1,59 @@
+"""The live window with the real processor on the reduced models, a shared driving video as the camera and a
+shared portrait (pytest-qt, offscreen). A CPU frame takes seconds here, so the waits are generous."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import cv2
+import pytest
+
+pytest.importorskip("pytestqt")
+from realtime.live import LiveProcessor, make_processor  # noqa: E402
+from ui.app import make_window  # noqa: E402
+
+WAIT_MS = 60000
+#: how long LiveLoop.stop() waits for its threads before giving up on them
+STOP_BUDGET_S = 2.0
+
+
+def test_real_processor_streams_switches_portrait_and_closes(
+    qtbot, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, reduced_models: Path, media_dir: Path
+) -> None:
+    monkeypatch.setenv("LIVEPORTRAIT_CONFIG_DIR", str(tmp_path / "config"))  # never read the user's settings
+    first, second = media_dir / "portraits" / "s6.jpg", media_dir / "portraits" / "s5.jpg"
+    _, window = make_window(
+        reduced_models, "cpu", make_processor, camera=str(media_dir / "driving" / "d10.mp4"), portrait=first,
+        settings_path=tmp_path / "settings.json",
+    )
+    qtbot.addWidget(window)
+    assert isinstance(window.processor, LiveProcessor)
+    assert window.backend_label.text() == "processor: onnxruntime-cpu (ONNX Runtime on the CPU, as asked.)"
+    assert window.messages == {}
+
+    def animated(shape: tuple[int, ...]) -> bool:
+        frame = window.last_frame
+        return frame is not None and frame.result.output is not None and frame.result.output.shape == shape
+
+    first_shape, second_shape = cv2.imread(str(first)).shape, cv2.imread(str(second)).shape
+    assert first_shape != second_shape
+    qtbot.waitUntil(lambda: animated(first_shape), timeout=WAIT_MS)
+    shown = window.frames_shown
+    qtbot.waitUntil(lambda: window.frames_shown >= shown + 1 and animated(first_shape), timeout=WAIT_MS)
+    assert window.last_frame.result.face_found and window.status_line.text() == "tracking"
+    assert {"motion", "warp+decode", "paste-back", "process"} <= set(window.loop.stats().timings)
+
+    window.load_portrait(second)
+    qtbot.waitUntil(lambda: animated(second_shape), timeout=WAIT_MS)
+    assert "portrait" not in window.messages
+
+    loop = window.loop
+    threads = list(loop.threads)
+    assert {t.name for t in threads} == {"live-capture", "live-process", "live-output"}
+    frame_s = loop.stats().timings["process"] / 1e3
+    start = time.monotonic()
+    window.close()
+    # the processing thread can only stop between frames: within the stop budget once its frame is done
+    qtbot.waitUntil(lambda: not any(t.is_alive() for t in threads), timeout=int((STOP_BUDGET_S + 2 * frame_s) * 1e3))
+    assert window.loop is None
+    assert time.monotonic() - start < STOP_BUDGET_S + 2 * frame_s
