@@ -108,7 +108,8 @@ def run_live_bench(processor: FrameProcessor, driving: Path, portrait: np.ndarra
     finally:
         loop.stop()
     dropped = after.dropped_capture + after.dropped_output - before.dropped_capture - before.dropped_output
-    return LiveBench(processor.backend, elapsed, after.captured - before.captured, sink.latencies, dropped, sink.timings)
+    captured = after.captured - before.captured
+    return LiveBench(processor.backend, elapsed, captured, sink.latencies, dropped, sink.timings)
 
 
 def _parser() -> argparse.ArgumentParser:

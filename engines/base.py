@@ -45,6 +45,10 @@ class Runner(ABC):
     def close(self) -> None:
         """Release backend resources (sessions, device buffers)."""
 
+    def interrupt(self) -> None:
+        """Abort the inference in flight, and refuse later ones, as soon as the backend allows: closing the app
+        must not wait for a multi-second CPU frame. The default (a backend that cannot abort) does nothing."""
+
     def check_feeds(self, feeds: Mapping[str, np.ndarray]) -> None:
         """Raise a clear ValueError for a missing, unexpected or mis-shaped input."""
         expected = {spec.name: spec for spec in self.inputs}

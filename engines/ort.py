@@ -67,11 +67,27 @@ class OrtRunner(Runner):
         self.backend = "onnxruntime-cuda" if "CUDAExecutionProvider" in got else "onnxruntime-cpu"
         if want_cuda and self.backend != "onnxruntime-cuda":
             log.warning("%s: CUDA provider failed to start, running on CPU", self.path.name)
+        self._run = ort.RunOptions()  # the options of the run in flight; terminate=True aborts it
+        self._interrupted = False
         self.inputs = [_spec(a) for a in self.session.get_inputs()]
         self.outputs = [_spec(a) for a in self.session.get_outputs()]
 
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import onnxruntime as ort
+
         self.check_feeds(feeds)
         typed = {s.name: np.ascontiguousarray(feeds[s.name], dtype=s.dtype) for s in self.inputs}
-        values = self.session.run(None, typed)
+        self._run = ort.RunOptions()
+        if self._interrupted:
+            raise InterruptedError(f"{self.path.name}: inference interrupted")
+        try:
+            values = self.session.run(None, typed, self._run)
+        except Exception as exc:  # onnxruntime's own error type when the terminate flag stops a run
+            if self._interrupted:
+                raise InterruptedError(f"{self.path.name}: inference interrupted") from exc
+            raise
         return {s.name: v for s, v in zip(self.outputs, values)}
+
+    def interrupt(self) -> None:
+        self._interrupted = True
+        self._run.terminate = True

@@ -241,9 +241,10 @@ class FaceModels:
     def analyze(self, img_rgb: np.ndarray) -> FaceResult | None:
         """Detect, keep the largest face, and run both landmark models on it; None when there is no face."""
         faces = self.detector(img_rgb)
-        if not faces:
-            return None
-        face = faces[0]
+        return self.describe(img_rgb, faces[0]) if faces else None
+
+    def describe(self, img_rgb: np.ndarray, face: Face) -> FaceResult:
+        """Both landmark sets of an already detected face."""
         lmk106 = self.landmark106(img_rgb, face.bbox)
         return FaceResult(face.bbox, face.score, lmk106, self.landmark203(img_rgb, lmk106))
 

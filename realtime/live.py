@@ -18,15 +18,13 @@ from realtime.filters import MotionSmoother, ease_toward
 from realtime.live_api import FrameResult, check_image
 from realtime.motion import Motion
 from realtime.options import ProcessOptions
-from realtime.pipeline import Animator, DrivingFrame, DrivingTracker, SourcePortrait
+from realtime.pipeline import Animator, DrivingFrame, SourcePortrait
 from realtime.settings import resolve_models_dir
 
 #: options that change the source crop, so the portrait must be prepared again when they change
 CROP_OPTIONS = ("dsize", "scale", "vx_ratio", "vy_ratio")
 #: typical speed (units per second) of each motion quantity, so one smoothing strength fits them all
 MOTION_UNITS = {"R": 0.5, "exp": 0.05, "t": 0.05, "scale": 0.05}
-#: smallest face box side (pixels) that tracking may shrink to before the face counts as lost
-MIN_FACE_SIDE = 24
 
 
 def orthonormal(R: np.ndarray) -> np.ndarray:
@@ -35,25 +33,20 @@ def orthonormal(R: np.ndarray) -> np.ndarray:
     return (u @ vt).astype(np.float32)
 
 
-def _plausible(lmk: np.ndarray, shape: tuple[int, ...]) -> bool:
-    """Tracked landmarks that collapsed or drifted off the frame mean the face was lost."""
-    lo, hi = lmk.min(axis=0), lmk.max(axis=0)
-    h, w = shape[:2]
-    inside = lo[0] > -w * 0.25 and lo[1] > -h * 0.25 and hi[0] < w * 1.25 and hi[1] < h * 1.25
-    return inside and float((hi - lo).min()) >= MIN_FACE_SIDE
+def _inside(point: np.ndarray, box: np.ndarray) -> bool:
+    return bool(box[0] <= point[0] <= box[2] and box[1] <= point[1] <= box[3])
 
 
 class LiveProcessor:
     """Animates one portrait from a live driving stream (implements realtime.live_api.FrameProcessor)."""
 
-    def __init__(self, animator: Animator, backend_note: str = "", redetect_every: int = 15) -> None:
+    def __init__(self, animator: Animator, backend_note: str = "") -> None:
         self.animator = animator
         self.backend = f"{animator.backend}" + (f" ({backend_note})" if backend_note else "")
-        self.redetect_every = redetect_every
         self.options = ProcessOptions()
         self.lock_scale = False
         self.smoother = MotionSmoother(0.0, MOTION_UNITS)
-        self.tracker = DrivingTracker(animator.faces, animator.timer)
+        self.lmk203: np.ndarray | None = None
         self.box = BoxSmoother(alpha=0.5)
         self.image: np.ndarray | None = None
         self.source: SourcePortrait | None = None
@@ -80,13 +73,23 @@ class LiveProcessor:
         self.reference = None
 
     def _landmarks(self, frame: np.ndarray) -> np.ndarray | None:
-        if self.frames % self.redetect_every == 0:
-            self.tracker.lose()  # a regular fresh detection catches a face that left while tracking went on
-        lmk, _ = self.tracker.landmarks(frame)
-        if lmk is not None and not _plausible(lmk, frame.shape):
-            self.tracker.lose()
-            lmk, _ = self.tracker.landmarks(frame)
-        return lmk
+        """The face's 203 landmarks, or None when no face is in view.
+
+        Detection runs on every frame, so a face that leaves is noticed at once; the landmarks themselves are
+        tracked from the previous frame (steadier than re-fitting them to each detection box) and re-fitted
+        from the detection whenever the tracked points drift off the detected face."""
+        timer, faces = self.animator.timer, self.animator.faces
+        with timer("detect"):
+            found = faces.detector(frame)
+        if not found:
+            self.lmk203 = None
+            return None
+        with timer("landmarks"):
+            tracked = None if self.lmk203 is None else faces.track(frame, self.lmk203)
+            if tracked is None or not _inside(tracked.mean(axis=0), found[0].bbox):
+                tracked = faces.describe(frame, found[0]).lmk203
+        self.lmk203 = tracked
+        return tracked
 
     def _smoothed(self, motion: Motion, now: float) -> Motion:
         values = self.smoother({"R": motion.R, "exp": motion.exp, "t": motion.t, "scale": np.array([motion.scale])}, now)
@@ -132,14 +135,19 @@ class LiveProcessor:
                 motion = replace(motion, scale=self.reference.scale)
             self.motion = self._smoothed(motion, now)
         face_box = None if box is None else tuple(int(v) for v in box)
-        status = "" if lmk is not None else "no face in view: holding the last pose"
+        found = lmk is not None
         if self.source is None:
-            return FrameResult(None, face_box, lmk is not None, dict(self.animator.timer.ms), "choose a portrait to animate")
+            status = "choose a portrait to animate" + ("" if found else "; no face in view")
+            return FrameResult(None, face_box, found, dict(self.animator.timer.ms), status)
+        status = "" if found else "no face in view: holding the last pose"
         if self.motion is None or self.reference is None:
             return FrameResult(self.source.image, face_box, False, dict(self.animator.timer.ms), status)
         crop = self.animator.animate(self.source, self.motion, self.reference, self.options)
         output = self.animator.paste(self.source, crop)
-        return FrameResult(output, face_box, lmk is not None, dict(self.animator.timer.ms), status)
+        return FrameResult(output, face_box, found, dict(self.animator.timer.ms), status)
+
+    def interrupt(self) -> None:
+        self.animator.interrupt()
 
     def close(self) -> None:
         self.animator.close()

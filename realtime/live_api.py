@@ -62,6 +62,9 @@ class FrameProcessor(Protocol):
     def process(self, frame_rgb: np.ndarray) -> FrameResult:
         """Animate the portrait with one driving frame (RGB uint8)."""
 
+    def interrupt(self) -> None:
+        """Abort the frame in flight from another thread (the loop is stopping); later frames may fail."""
+
     def close(self) -> None:
         """Release the model sessions; the loop calls it when the processor is replaced or the loop stops."""
 
@@ -106,6 +109,7 @@ class FakeProcessor:
         self.recalibrations = 0
         self.frames = 0
         self.closed = False
+        self.interrupted = False
         self.reference: np.ndarray | None = None
         self.t = np.zeros(2)
         self.smoother = MotionSmoother(0.0, self.UNITS)
@@ -125,6 +129,9 @@ class FakeProcessor:
     def recalibrate(self) -> None:
         self.reference = None
         self.recalibrations += 1
+
+    def interrupt(self) -> None:
+        self.interrupted = True
 
     def close(self) -> None:
         self.closed = True

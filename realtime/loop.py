@@ -173,6 +173,8 @@ class LiveLoop:
     def stop(self, timeout: float = 2.0) -> bool:
         """Join every thread within `timeout` s in total, then close camera, sinks and processor. True if joined."""
         self.stop_event.set()
+        if self.processor is not None:
+            self.processor.interrupt()  # a CPU frame can take seconds: abort it rather than wait
         deadline = time.monotonic() + timeout
         for thread in self.threads:
             thread.join(max(0.0, deadline - time.monotonic()))

@@ -8,11 +8,14 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 from pathlib import Path
+from typing import Iterator
 
 import cv2
 import numpy as np
 import pytest
 
+from bench.live import main as live_bench
+from bench.pipeline import STAGES, run_bench
 from realtime.crop import BoxSmoother, crop_box, driving_box
 from realtime.images import load_image
 from realtime.live import LiveProcessor, make_processor
@@ -40,7 +43,7 @@ def frames(media_dir: Path) -> list[np.ndarray]:
 
 
 @pytest.fixture
-def processor(reduced_models: Path) -> LiveProcessor:
+def processor(reduced_models: Path) -> Iterator[LiveProcessor]:
     made = make_processor(reduced_models, "cpu")
     yield made
     made.close()
@@ -97,12 +100,9 @@ def test_face_loss_eases_to_neutral_and_tracking_resumes(
     for frame in frames[:3]:
         assert processor.process(frame).face_found
     grey = np.full_like(frames[0], 128)
-    # landmarks are tracked without detection, so a vanished face is noticed at the next regular re-detection
-    for _ in range(processor.redetect_every):
-        lost = processor.process(grey)
-        if not lost.face_found:
-            break
-    assert not lost.face_found and lost.face_box is None and lost.status == "choose a portrait to animate"
+    lost = processor.process(grey)  # detection runs on every frame: the loss is noticed at once
+    assert not lost.face_found and lost.face_box is None
+    assert lost.status == "choose a portrait to animate; no face in view"
     gaps = [distances(processor.motion, processor.reference)]
     for _ in range(3):
         assert not processor.process(grey).face_found
@@ -159,7 +159,7 @@ def test_smoothing_zero_passes_raw_motion_and_smoothing_filters_it(
     boxes = BoxSmoother(processor.box.alpha)
 
     def raw(frame: np.ndarray) -> Motion:
-        lmk = processor.tracker.lmk203
+        lmk = processor.lmk203
         box = boxes.update(driving_box(lmk))
         return processor.animator.driving_motion(DrivingFrame(crop_box(frame, box, lmk).img_256, lmk, box))
 
@@ -220,8 +220,6 @@ def test_make_processor_without_models_says_how_to_get_them(
 
 
 def test_pipeline_bench_table(processor: LiveProcessor, media_dir: Path, capsys: pytest.CaptureFixture) -> None:
-    from bench.pipeline import STAGES, run_bench
-
     result = run_bench(processor.animator, media_dir / "portraits" / "s6.jpg", media_dir / "driving" / DRIVING, 1)
     (frame,) = result.frames
     assert {"landmarks", "motion", "stitching/retargeting", "warp+decode", "paste-back"} == set(frame.stages)
@@ -239,17 +237,16 @@ def test_pipeline_bench_table(processor: LiveProcessor, media_dir: Path, capsys:
 
 
 def test_live_bench_with_the_fake_processor(media_dir: Path, capsys: pytest.CaptureFixture) -> None:
-    from bench.live import main
-
     args = ["--fake", "--seconds", "0.5", "--source", str(media_dir / "portraits" / "s6.jpg")]
-    assert main([*args, "--driving", str(media_dir / "driving" / DRIVING)]) == 0
+    assert live_bench([*args, "--driving", str(media_dir / "driving" / DRIVING)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith(f"processor {FakeProcessor.backend}; ")
     frames = int(re.search(r"; (\d+) frames delivered in ", lines[0]).group(1))
     assert frames > 0
     assert [line.split(" | ")[0] for line in lines[2:]] == [
         "| measure", "|---|---:|", "| delivered fps (camera 30 fps)", "| latency p50 (ms)", "| latency p95 (ms)",
-        "| dropped frames", *(f"| {name} (median ms, {frames}/{frames} frames)" for name in ("motion", "process", "render")),
+        "| dropped frames",
+        *(f"| {name} (median ms, {frames}/{frames} frames)" for name in ("motion", "process", "render")),
     ]
-    assert main([*args[:-2], "--source", str(media_dir / "missing.jpg")]) == 1
+    assert live_bench([*args[:-2], "--source", str(media_dir / "missing.jpg")]) == 1
     assert capsys.readouterr().err == f"error: image file {media_dir / 'missing.jpg'} does not exist; check the path\n"

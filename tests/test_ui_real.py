@@ -50,10 +50,10 @@ def test_real_processor_streams_switches_portrait_and_closes(
     loop = window.loop
     threads = list(loop.threads)
     assert {t.name for t in threads} == {"live-capture", "live-process", "live-output"}
-    frame_s = loop.stats().timings["process"] / 1e3
+    assert loop.stats().timings["process"] > 300  # a frame takes longer than the margin checked below
+    qtbot.waitUntil(lambda: window.loop.stats().timings.get("warp+decode", 0) > 0, timeout=WAIT_MS)
     start = time.monotonic()
-    window.close()
-    # the processing thread can only stop between frames: within the stop budget once its frame is done
-    qtbot.waitUntil(lambda: not any(t.is_alive() for t in threads), timeout=int((STOP_BUDGET_S + 2 * frame_s) * 1e3))
+    window.close()  # the frame in flight is aborted, not waited for
+    assert not any(t.is_alive() for t in threads)
     assert window.loop is None
-    assert time.monotonic() - start < STOP_BUDGET_S + 2 * frame_s
+    assert time.monotonic() - start < STOP_BUDGET_S
