@@ -185,7 +185,7 @@ def measure(animator: Animator, source: Path, driving: Path, frames: int) -> Pip
                 break
             if reference is None:
                 reference = motion
-            animator.paste(src, animator.animate(src, motion, reference, options))
+            animator.render(src, animator.keypoints(src, motion, reference, options))
             costs.append(FrameCost(dict(animator.timer.ms), (time.perf_counter() - start) * 1e3, clock.ms))
     return PipelineBench(
         animator.backend, f"{source.name} ({image.shape[1]}x{image.shape[0]})", driving.name, prepare_ms, costs[WARMUP:]

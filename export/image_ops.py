@@ -91,12 +91,15 @@ def _value(name: str, elem: int, shape: list[int]) -> onnx.ValueInfoProto:
 
 
 def crop_graph(h: int, w: int, size: int = CROP_SIZE) -> onnx.ModelProto:
-    """uint8 RGB frame [1,h,w,3] and theta [1,2,3] -> float32 crop [1,3,size,size] in [0,1]."""
+    """uint8 RGB frame [1,h,w,3] and theta [1,2,3] -> float32 crop [1,3,size,size] in [0,1].
+
+    The sample is rounded to a level before the division, as the CPU path's uint8 crop / 255 is.
+    """
     g = _Graph()
     pixels = g.op("Cast", ["image"], "image_f", to=TensorProto.FLOAT)
     planar = g.op("Transpose", [pixels], "image_nchw", perm=[0, 3, 1, 2])
-    sampled = g.sample(planar, g.grid("theta", size, size), "sampled")
-    g.op("Mul", [sampled, g.const("inv_255", np.array(1 / 255, np.float32))], "crop")
+    levels = g.op("Round", [g.sample(planar, g.grid("theta", size, size), "sampled")], "levels")  # cv2 gives uint8
+    g.op("Mul", [levels, g.const("inv_255", np.array(1 / 255, np.float32))], "crop")
     return g.model(
         f"crop_{h}x{w}",
         [_value("image", TensorProto.UINT8, [1, h, w, 3]), _value("theta", TensorProto.FLOAT, [1, 2, 3])],
@@ -115,7 +118,8 @@ def paste_graph(h: int, w: int, side: int = PASTE_CROP_SIZE) -> onnx.ModelProto:
     unit = g.op("Clip", ["crop", g.const("zero", np.array(0, np.float32)), g.const("one", np.array(1, np.float32))], "crop_unit")
     levels = g.op("Floor", [g.op("Mul", [unit, g.const("c255", np.array(255, np.float32))], "crop_255")], "crop_levels")
     g.op("Cast", [g.op("Transpose", [levels], "crop_nhwc", perm=[0, 2, 3, 1])], "crop_u8", to=TensorProto.UINT8)
-    warped = g.op("Round", [g.op("Transpose", [g.sample(levels, g.grid("theta", h, w), "warped_nchw")], "warped_raw", perm=[0, 2, 3, 1])], "warped")
+    sampled = g.sample(levels, g.grid("theta", h, w), "warped_nchw")
+    warped = g.op("Round", [g.op("Transpose", [sampled], "warped_raw", perm=[0, 2, 3, 1])], "warped")
     photo = g.op("Cast", ["image"], "photo", to=TensorProto.FLOAT)
     keep = g.op("Sub", ["one", "mask"], "keep")  # the CPU formula term by term, so float32 rounding agrees too
     blended = g.op("Add", [g.op("Mul", ["mask", warped], "from_crop"), g.op("Mul", [keep, photo], "from_photo")], "blended")

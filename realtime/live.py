@@ -7,7 +7,7 @@ portrait relative to a neutral reference frame. While no face is seen the last p
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +37,22 @@ def _inside(point: np.ndarray, box: np.ndarray) -> bool:
     return bool(box[0] <= point[0] <= box[2] and box[1] <= point[1] <= box[3])
 
 
+@dataclass
+class TrackedFrame:
+    """A frame between the two halves: everything render() needs, frozen when it was tracked, so the portrait or
+    the options may change meanwhile on the tracking thread."""
+
+    source: SourcePortrait | None
+    x_d: np.ndarray | None
+    face_box: tuple[int, ...] | None
+    found: bool
+    status: str
+    timings: dict[str, float]
+
+
 class LiveProcessor:
-    """Animates one portrait from a live driving stream (implements realtime.live_api.FrameProcessor)."""
+    """Animates one portrait from a live driving stream (a realtime.live_api.PipelinedProcessor: the loop runs
+    track() and render() on two threads)."""
 
     def __init__(self, animator: Animator, backend_note: str = "") -> None:
         self.animator = animator
@@ -52,7 +66,6 @@ class LiveProcessor:
         self.source: SourcePortrait | None = None
         self.reference: Motion | None = None
         self.motion: Motion | None = None
-        self.frames = 0
         self.last_time = time.monotonic()
 
     def set_source(self, image_rgb: np.ndarray) -> None:
@@ -114,12 +127,13 @@ class LiveProcessor:
             scale=float(ease_toward(np.array(cur.scale), np.array(ref.scale), dt)),
         )
 
-    def process(self, frame_rgb: np.ndarray) -> FrameResult:
-        self.animator.timer.reset()
+    def track(self, frame_rgb: np.ndarray) -> TrackedFrame:
+        """First half of a frame: follow the face, update the smoothed motion, compute x_d'."""
+        timer = self.animator.timer
+        timer.reset()
         now = time.monotonic()
         dt, self.last_time = now - self.last_time, now
         lmk = self._landmarks(frame_rgb)
-        self.frames += 1
         box = None
         if lmk is None:
             self.box.reset()
@@ -127,24 +141,35 @@ class LiveProcessor:
             self.motion = self._eased(dt)
         else:
             box = self.box.update(driving_box(lmk))
-            frame = DrivingFrame(crop_box(frame_rgb, box, lmk).img_256, lmk, box)
-            motion = self.animator.driving_motion(frame)
+            motion = self.animator.driving_motion(DrivingFrame(crop_box(frame_rgb, box, lmk).img_256, lmk, box))
             if self.reference is None:
                 self.reference = motion
             if self.lock_scale:
                 motion = replace(motion, scale=self.reference.scale)
             self.motion = self._smoothed(motion, now)
-        face_box = None if box is None else tuple(int(v) for v in box)
         found = lmk is not None
+        face_box = None if box is None else tuple(int(v) for v in box)
         if self.source is None:
             status = "choose a portrait to animate" + ("" if found else "; no face in view")
-            return FrameResult(None, face_box, found, dict(self.animator.timer.ms), status)
+            return TrackedFrame(None, None, face_box, found, status, dict(timer.ms))
+        x_d = None
+        if self.motion is not None and self.reference is not None:
+            x_d = self.animator.keypoints(self.source, self.motion, self.reference, self.options)
         status = "" if found else "no face in view: holding the last pose"
-        if self.motion is None or self.reference is None:
-            return FrameResult(self.source.image, face_box, False, dict(self.animator.timer.ms), status)
-        crop = self.animator.animate(self.source, self.motion, self.reference, self.options)
-        output = self.animator.paste(self.source, crop)
-        return FrameResult(output, face_box, found, dict(self.animator.timer.ms), status)
+        return TrackedFrame(self.source, x_d, face_box, found, status, dict(timer.ms))
+
+    def render(self, tracked: TrackedFrame) -> FrameResult:
+        """Second half: warp + decode + paste-back (the portrait still, until a face was ever seen)."""
+        src, timer = tracked.source, self.animator.timer
+        if src is None or tracked.x_d is None:
+            output = None if src is None else src.image
+            return FrameResult(output, tracked.face_box, tracked.found, tracked.timings, tracked.status)
+        timer.reset()
+        _, output = self.animator.render(src, tracked.x_d)
+        return FrameResult(output, tracked.face_box, tracked.found, {**tracked.timings, **timer.ms}, tracked.status)
+
+    def process(self, frame_rgb: np.ndarray) -> FrameResult:
+        return self.render(self.track(frame_rgb))
 
     def interrupt(self) -> None:
         self.animator.interrupt()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -67,6 +67,19 @@ class FrameProcessor(Protocol):
 
     def close(self) -> None:
         """Release the model sessions; the loop calls it when the processor is replaced or the loop stops."""
+
+
+@runtime_checkable
+class PipelinedProcessor(FrameProcessor, Protocol):
+    """A processor whose frame splits in two halves the loop runs on two threads, so the face tracking and
+    motion of frame n+1 overlap the warp + decode of frame n (on a GPU: two CUDA streams working at once).
+    process(frame) must equal render(track(frame))."""
+
+    def track(self, frame_rgb: np.ndarray) -> object:
+        """First half: face, motion and driving keypoints; the result carries everything render() needs."""
+
+    def render(self, tracked: object) -> FrameResult:
+        """Second half: warp, decode and paste-back of a tracked frame."""
 
 
 #: (models_dir or None, backend name) -> processor; raises ModelsMissingError or ModelLoadError (engines/base.py)

@@ -1,8 +1,9 @@
-"""The live loop: capture thread -> processing thread -> output thread -> sinks.
+"""The live loop: capture thread -> processing thread(s) -> output thread -> sinks.
 
 Queues between the threads hold one frame and drop the OLDEST one when full, so a slow stage skips frames
 instead of letting latency grow. Every frame carries its capture timestamp; the output thread measures the
-glass-to-glass latency (capture -> handed to the sinks). Changes of options, portrait, processor and camera are
+glass-to-glass latency (capture -> handed to the sinks). A PipelinedProcessor's two halves run on two threads
+(track -> render), so consecutive frames overlap. Changes of options, portrait, processor and camera are
 queued and applied by the thread that owns them before its next frame, so nothing restarts.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Callable, Generic, Protocol, TypeVar
 import numpy as np
 
 from realtime.camera import FrameSource
-from realtime.live_api import FrameProcessor, FrameResult
+from realtime.live_api import FrameProcessor, FrameResult, PipelinedProcessor
 from realtime.options import ProcessOptions
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,16 @@ class Captured:
     image: np.ndarray
     capture_ts: float  # time.monotonic() when read() returned
     index: int
+
+
+@dataclass
+class Tracked:
+    """A frame between the two halves of a PipelinedProcessor, with the processor that tracked it."""
+
+    captured: Captured
+    processor: PipelinedProcessor
+    tracked: object
+    track_ms: float
 
 
 @dataclass
@@ -146,6 +157,7 @@ class LiveLoop:
         self.source = source
         self.sinks: list[Sink] = list(sinks)
         self.captured_q: DropOldestQueue[Captured] = DropOldestQueue(queue_size)
+        self.tracked_q: DropOldestQueue[Tracked] = DropOldestQueue(queue_size)
         self.output_q: DropOldestQueue[LiveFrame] = DropOldestQueue(queue_size)
         self.lock = threading.Lock()
         self.send_lock = threading.RLock()  # held while sinks run, so a sink is never closed mid-send
@@ -165,7 +177,8 @@ class LiveLoop:
         if self.threads:
             raise RuntimeError("the live loop is already running; stop() it before starting again")
         self.stop_event.clear()
-        for name, target in (("capture", self._capture), ("process", self._process), ("output", self._output)):
+        stages = (("capture", self._capture), ("process", self._process), ("render", self._render), ("output", self._output))
+        for name, target in stages:
             thread = threading.Thread(target=target, name=f"live-{name}", daemon=True)
             thread.start()
             self.threads.append(thread)
@@ -316,24 +329,45 @@ class LiveLoop:
             item = self.captured_q.get(POLL_S)
             if item is None:
                 continue
-            start = time.perf_counter()
-            try:
-                result = (
-                    self.processor.process(item.image)
-                    if self.processor is not None
-                    else FrameResult(None, status="no models loaded")
-                )
-            except Exception as exc:  # show the error, skip the frame, keep the camera running
+            processor = self.processor
+            if isinstance(processor, PipelinedProcessor):
+                tracked, ms = self._timed(lambda: processor.track(item.image))
+                if not isinstance(tracked, FrameResult):
+                    self.tracked_q.put(Tracked(item, processor, tracked, ms))
+                    continue
+                result = tracked
+            elif processor is None:
+                result, ms = FrameResult(None, status="no models loaded"), 0.0
+            else:
+                result, ms = self._timed(lambda: processor.process(item.image))
+            self._finish(item, result, ms)
+
+    def _render(self) -> None:
+        while not self.stop_event.is_set():
+            item = self.tracked_q.get(POLL_S)
+            if item is not None:
+                result, ms = self._timed(lambda: item.processor.render(item.tracked))
+                self._finish(item.captured, result, item.track_ms + ms)
+
+    def _timed(self, work: Callable[[], T]) -> tuple[T | FrameResult, float]:
+        """Run one half (or all) of a frame; a failure becomes an error frame so the camera keeps running."""
+        start = time.perf_counter()
+        try:
+            result: T | FrameResult = work()
+        except Exception as exc:  # show the error, skip the frame, keep the stream alive
+            if not self.stop_event.is_set():
                 log.exception("processing failed")
-                result = FrameResult(None, status=f"processing failed: {exc}")
-                with self.lock:
-                    self.stats_.errors += 1
-            process_ms = (time.perf_counter() - start) * 1e3
-            self.output_q.put(LiveFrame(item.image, result, item.capture_ts, item.index, process_ms))
+            result = FrameResult(None, status=f"processing failed: {exc}")
             with self.lock:
-                self.stats_.processed += 1
-                self.stats_.timings = {**result.timings, "process": process_ms}
-                self.stats_.status = result.status
+                self.stats_.errors += 1
+        return result, (time.perf_counter() - start) * 1e3
+
+    def _finish(self, item: Captured, result: FrameResult, process_ms: float) -> None:
+        self.output_q.put(LiveFrame(item.image, result, item.capture_ts, item.index, process_ms))
+        with self.lock:
+            self.stats_.processed += 1
+            self.stats_.timings = {**result.timings, "process": process_ms}
+            self.stats_.status = result.status
 
     def _output(self) -> None:
         while not self.stop_event.is_set():

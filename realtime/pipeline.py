@@ -3,11 +3,12 @@
 """
 from __future__ import annotations
 
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import cv2
 import numpy as np
@@ -30,6 +31,9 @@ from realtime.motion import (
 from realtime.options import ProcessOptions
 from realtime.paste import OUT_SIZE, output_to_original, paste_back, prepare_paste_mask
 
+if TYPE_CHECKING:
+    from realtime.gpu_render import DeviceRenderer
+
 #: the official source pre-resize (spec 3.6); the paste-back still goes into the full-size original
 SOURCE_MAX_DIM = 1280
 NET_SIZE = 256
@@ -45,8 +49,9 @@ def to_uint8_image(image: np.ndarray) -> np.ndarray:
     return (np.clip(image[0], 0, 1) * 255).astype(np.uint8).transpose(1, 2, 0).copy()
 
 
-class StageTimer:
-    """Milliseconds per named stage for the frame being made (stages may repeat; times add up)."""
+class StageTimer(threading.local):
+    """Milliseconds per named stage for the frame being made (stages may repeat; times add up). Thread-local: the
+    live loop tracks one frame while it renders the previous one, each half timing its own stages."""
 
     def __init__(self) -> None:
         self.ms: dict[str, float] = {}
@@ -94,6 +99,10 @@ class Networks:
         for runner in self.runners.values():
             runner.close()
 
+    def interrupt(self) -> None:
+        for runner in self.runners.values():
+            runner.interrupt()
+
 
 @dataclass
 class SourcePortrait:
@@ -135,6 +144,11 @@ class Animator:
         self.nets = Networks(models_dir, backend)
         self.faces = FaceModels(models_dir, backend)
         self.timer = StageTimer()
+        self.renderer: DeviceRenderer | None = None
+        if self.backend == "tensorrt":  # warp -> decode -> paste-back stay on the GPU (needs onnx: imported here)
+            from realtime.gpu_render import DeviceRenderer
+
+            self.renderer = DeviceRenderer.for_tensorrt(self.nets.runners, Path(models_dir))
 
     @property
     def backend(self) -> str:
@@ -199,20 +213,28 @@ class Animator:
                 lip_delta0=src.lip_close if options.lip_zero and options.relative else None,
             )
 
-    def animate(self, src: SourcePortrait, drv: Motion, ref: Motion, options: ProcessOptions) -> np.ndarray:
-        """The animated 512x512 crop for one driving motion."""
-        x_d = self.keypoints(src, drv, ref, options)
+    def render(self, src: SourcePortrait, x_d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(animated 512x512 crop, pasted full-size frame) for the driving keypoints x_d'. On TensorRT the frame
+        never leaves the GPU between the networks and the paste-back."""
+        if self.renderer is not None:
+            with self.timer("warp+decode+paste-back"):
+                return self.renderer.render(src, x_d)
         with self.timer("warp+decode"):
-            return self.nets.warp_decode(src.f_s, src.x_s, x_d)
-
-    def paste(self, src: SourcePortrait, crop_512: np.ndarray) -> np.ndarray:
-        """The animated crop blended back into the full-size source photo."""
+            crop = self.nets.warp_decode(src.f_s, src.x_s, x_d)
         with self.timer("paste-back"):
-            return paste_back(crop_512, src.M_c2o, src.image, src.mask, src.dsize)
+            return crop, paste_back(crop, src.M_c2o, src.image, src.mask, src.dsize)
 
     def close(self) -> None:
+        if self.renderer is not None:
+            self.renderer.close()
         self.nets.close()
         self.faces.close()
+
+    def interrupt(self) -> None:
+        """Abort the frame in flight (the app is closing)."""
+        self.nets.interrupt()
+        for runner in self.faces.runners:
+            runner.interrupt()
 
 
 class DrivingTracker:

@@ -111,8 +111,7 @@ def animate_frames(
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(animated 512 crop, full frame) for each motion; relative motion is measured against the first one."""
     for motion in motions:
-        crop = animator.animate(src, motion, motions[0], options)
-        yield crop, animator.paste(src, crop)
+        yield animator.render(src, animator.keypoints(src, motion, motions[0], options))
 
 
 def process(

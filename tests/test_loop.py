@@ -252,3 +252,45 @@ def test_bad_camera_specs() -> None:
     assert camera.read() is None
     assert camera.status.startswith("no camera at index 97 (unplugged or used by another app); retrying every 2 s")
     camera.close()
+
+
+class TwoHalves(FakeProcessor):
+    """A pipelined fake: track() and render() each take a while and log when they ran."""
+
+    def __init__(self, half_s: float) -> None:
+        super().__init__()
+        self.half_s = half_s
+        self.spans: dict[str, list[tuple[int, float, float]]] = {"track": [], "render": []}
+
+    def _span(self, name: str, index: int) -> None:
+        start = time.monotonic()
+        time.sleep(self.half_s)
+        self.spans[name].append((index, start, time.monotonic()))
+
+    def track(self, frame_rgb: np.ndarray) -> int:
+        index = int(np.argmax(frame_rgb[0, :, 0]))  # SyntheticCamera's bright column identifies the frame
+        self._span("track", index)
+        return index
+
+    def render(self, tracked: int) -> FrameResult:
+        self._span("render", tracked)
+        return FrameResult(None, status=f"frame {tracked}")
+
+
+def test_pipelined_processor_overlaps_tracking_of_the_next_frame_with_rendering() -> None:
+    processor = TwoHalves(0.03)
+    sink = ListSink()
+    loop = LiveLoop(processor, SyntheticCamera(0.002), [sink])
+    loop.start()
+    try:
+        wait_for(lambda: len(processor.spans["render"]) >= 6)
+    finally:
+        loop.stop()
+    assert processor.frames == 0  # process() was never called: the two halves ran on their own threads
+    renders = {i: (start, end) for i, start, end in processor.spans["render"]}
+    overlaps = [
+        (i, j) for j, start, end in processor.spans["track"] for i, (r0, r1) in renders.items()
+        if j > i and start < r1 and end > r0
+    ]
+    assert overlaps, "tracking of a later frame never ran while an earlier frame was rendered"
+    assert all(f.result.status.startswith("frame ") for f in sink.frames)

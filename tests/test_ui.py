@@ -204,7 +204,7 @@ def test_close_stops_every_thread(qtbot, make_window) -> None:
     window = make_window()
     flowing(qtbot, window)
     threads = list(window.loop.threads)
-    assert {t.name for t in threads} == {"live-capture", "live-process", "live-output"}
+    assert {t.name for t in threads} == {"live-capture", "live-process", "live-render", "live-output"}
     window.close()  # joins with a 2 s budget
     assert not any(t.is_alive() for t in threads)
     assert window.loop is None

@@ -49,7 +49,7 @@ def test_real_processor_streams_switches_portrait_and_closes(
 
     loop = window.loop
     threads = list(loop.threads)
-    assert {t.name for t in threads} == {"live-capture", "live-process", "live-output"}
+    assert {t.name for t in threads} == {"live-capture", "live-process", "live-render", "live-output"}
     assert loop.stats().timings["process"] > 300  # a frame takes longer than the margin checked below
     qtbot.waitUntil(lambda: window.loop.stats().timings.get("warp+decode", 0) > 0, timeout=WAIT_MS)
     start = time.monotonic()
