@@ -138,12 +138,15 @@ def driving_box(lmk203: np.ndarray, scale: float = 2.2, vx_ratio: float = 0.0, v
     return np.array([centre[0] - half, centre[1] - half, centre[0] + half, centre[1] + half])
 
 
+def box_o2c(box: np.ndarray, dsize: int) -> np.ndarray:
+    """3x3 original->crop matrix of an axis-aligned square box (x1, y1, x2, y2) cropped to dsize."""
+    x1, y1, x2, y2 = np.asarray(box, dtype=np.float64)
+    return similarity_o2c(np.array([(x1 + x2) / 2, (y1 + y2) / 2]), x2 - x1, 0.0, dsize)
+
+
 def crop_box(img: np.ndarray, box: np.ndarray, pts: np.ndarray, dsize: int = 512) -> CropInfo:
     """Crop a square box to dsize without rotation, then resize to 256 with INTER_LINEAR (spec 3.7)."""
-    x1, y1, x2, y2 = np.asarray(box, dtype=np.float64)
-    centre = np.array([(x1 + x2) / 2, (y1 + y2) / 2])
-    M_o2c = similarity_o2c(centre, x2 - x1, 0.0, dsize)
-    return _crop_info(img, pts, M_o2c, dsize, cv2.INTER_LINEAR)
+    return _crop_info(img, pts, box_o2c(box, dsize), dsize, cv2.INTER_LINEAR)
 
 
 def crop_driving(

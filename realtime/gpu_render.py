@@ -3,7 +3,9 @@
 Each TensorRT runner's `enqueue` returns its outputs as DeviceArrays that the next runner takes as inputs, so a
 frame crosses the bus only twice: the 512 crop and the pasted frame come down once, at the end. The per-portrait
 constants (f_s, the source photo, the paste mask, its theta) go up once per portrait. Everything is queued on
-one stream, so each step sees the previous one finished without any host synchronisation in between.
+one stream, so each step sees the previous one finished without any host synchronisation in between; the driving
+crop and the motion extractor use the motion extractor's own stream, so the live loop's two threads overlap on the
+GPU.
 
 The chaining only needs objects with TrtRunner's enqueue/fetch, and an `Uploads` that puts host arrays on the
 device: tests give it ONNX Runtime runners with host arrays standing in for device memory, so the numbers of this
@@ -83,6 +85,7 @@ class DeviceRenderer:
         ops_dir: Path,
         uploads: Uploads,
         stream: Any = None,
+        motion_stream: Any = None,
     ) -> None:
         self.warp = runners["warping_module"]
         self.decode = runners["spade_generator"]
@@ -91,6 +94,8 @@ class DeviceRenderer:
         self.ops_dir = Path(ops_dir)
         self.uploads = uploads
         self.stream = stream
+        # the driving side runs on the motion extractor's own stream: in the live loop it overlaps the render
+        self.motion_stream = motion_stream
         self._ops: dict[str, tuple[tuple[int, int], Queued]] = {}
         self._source: SourcePortrait | None = None
         self._paste: Queued | None = None
@@ -104,8 +109,8 @@ class DeviceRenderer:
         def open_op(path: Path) -> Any:  # FP32: the blend and truncation must agree with the CPU to the level
             return open_runner(path, "tensorrt", precision="fp32", engine_dir=engine_dir)
 
-        warp = runners["warping_module"]
-        return cls(runners, open_op, Path(models_dir) / IMAGE_OPS_DIR, CudaUploads(CudaRuntime()), warp.stream)
+        streams = runners["warping_module"].stream, runners["motion_extractor"].stream
+        return cls(runners, open_op, Path(models_dir) / IMAGE_OPS_DIR, CudaUploads(CudaRuntime()), *streams)
 
     def _op(self, kind: str, hw: tuple[int, int]) -> Queued:
         """The open crop or paste graph for images of size hw, replacing one for another size."""
@@ -147,12 +152,13 @@ class DeviceRenderer:
         """The 1x3x256x256 network input cut from an RGB uint8 frame with M_o2c (frame -> 256 crop), on the device."""
         h, w = frame.shape[:2]
         op = self._op("crop", (h, w))
-        return op.enqueue({"image": frame[None], "theta": theta_for(M_o2c, (h, w), CROP_SIZE)}, self.stream)["crop"]
+        feeds = {"image": frame[None], "theta": theta_for(M_o2c, (h, w), CROP_SIZE)}
+        return op.enqueue(feeds, self.motion_stream)["crop"]
 
     def motion(self, frame: np.ndarray, M_o2c: np.ndarray) -> dict[str, np.ndarray]:
         """The motion extractor's outputs for the driving crop M_o2c of a frame; only they come back to the host."""
-        self.motion_net.enqueue({"image": self.crop_on_device(frame, M_o2c)}, self.stream)
-        return self.motion_net.fetch(None, self.stream)
+        self.motion_net.enqueue({"image": self.crop_on_device(frame, M_o2c)}, self.motion_stream)
+        return self.motion_net.fetch(None, self.motion_stream)
 
     def close(self) -> None:
         """Close the image-op runners and free the uploads (the network runners belong to Networks)."""

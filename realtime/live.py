@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 
 from engines.select import choose_backend
-from realtime.crop import BoxSmoother, crop_box, driving_box
+from realtime.crop import BoxSmoother, driving_box
 from realtime.filters import MotionSmoother, ease_toward
 from realtime.live_api import FrameResult, check_image
 from realtime.motion import Motion
 from realtime.options import ProcessOptions
-from realtime.pipeline import Animator, DrivingFrame, SourcePortrait
+from realtime.pipeline import Animator, SourcePortrait
 from realtime.settings import resolve_models_dir
 
 #: options that change the source crop, so the portrait must be prepared again when they change
@@ -141,7 +141,7 @@ class LiveProcessor:
             self.motion = self._eased(dt)
         else:
             box = self.box.update(driving_box(lmk))
-            motion = self.animator.driving_motion(DrivingFrame(crop_box(frame_rgb, box, lmk).img_256, lmk, box))
+            motion = self.animator.box_motion(frame_rgb, box, lmk)
             if self.reference is None:
                 self.reference = motion
             if self.lock_scale:

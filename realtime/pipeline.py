@@ -15,7 +15,7 @@ import numpy as np
 
 from engines import open_runner
 from export.layout import NETWORK_ONNX
-from realtime.crop import CropInfo, crop_box, crop_source, driving_box, transform_pts
+from realtime.crop import CropInfo, box_o2c, crop_box, crop_source, driving_box, transform_pts
 from realtime.face import FaceModels, eye_ratio, lip_ratio
 from realtime.images import limit_size
 from realtime.live_api import SourceError
@@ -194,6 +194,16 @@ class Animator:
         if frame.lmk203 is None:
             return Motion.from_kp_info(info)
         return Motion.from_kp_info(info, eye_ratio(frame.lmk203), lip_ratio(frame.lmk203))
+
+    def box_motion(self, frame: np.ndarray, box: np.ndarray, lmk203: np.ndarray) -> Motion:
+        """The motion of the face inside a square box of a live driving frame, with its eye/lip ratios. On
+        TensorRT the box is cut on the GPU straight into the motion extractor (one 256 sampling instead of the
+        host path's 512 crop and resize)."""
+        if self.renderer is None:
+            return self.driving_motion(DrivingFrame(crop_box(frame, box, lmk203).img_256, lmk203, box))
+        with self.timer("motion"):
+            info = kp_info_from_outputs(self.renderer.motion(frame, box_o2c(box, NET_SIZE)))
+        return Motion.from_kp_info(info, eye_ratio(lmk203), lip_ratio(lmk203))
 
     def keypoints(self, src: SourcePortrait, drv: Motion, ref: Motion, options: ProcessOptions) -> np.ndarray:
         """x_d': motion transfer (relative to `ref`, or absolute), then stitching / retargeting (Algorithm 1)."""

@@ -211,3 +211,34 @@ def test_cuda_uploads_copy_to_device_memory_and_free_it_on_clear() -> None:
     assert cuda.synced == 2 and len(cuda.blocks) == 2
     uploads.clear()
     assert cuda.blocks == {}
+
+
+def test_live_driving_crop_goes_through_the_device_crop_into_the_motion_extractor(
+    animator: Animator, media_dir: Path, tmp_path: Path
+) -> None:
+    capture = cv2.VideoCapture(str(media_dir / "driving" / "d10.mp4"))
+    frame = cv2.cvtColor(capture.read()[1], cv2.COLOR_BGR2RGB)
+    capture.release()
+    face = animator.faces.analyze(frame)
+    assert face is not None
+    from realtime.crop import driving_box
+
+    box = driving_box(face.lmk203)
+    cpu = animator.box_motion(frame, box, face.lmk203)
+
+    runners = {name: HostQueued(runner.infer) for name, runner in animator.nets.runners.items()}
+    opened: list[HostQueued] = []
+    animator.renderer = DeviceRenderer(runners, ort_ops(opened), tmp_path, HostUploads(), "render", "motion")
+    try:
+        gpu = animator.box_motion(frame, box, face.lmk203)
+    finally:
+        animator.renderer.close()
+        animator.renderer = None
+    motion_net = runners["motion_extractor"]
+    assert [op.name for op in opened] == [f"crop_{frame.shape[0]}x{frame.shape[1]}.onnx"]
+    assert motion_net.fed[0]["image"] is opened[0].returned[0]["crop"]  # the crop never came to the host
+    assert motion_net.fetched == [None]
+    # one 256 sampling on the device vs the host's 512 crop + resize: the same face, nearly the same motion
+    np.testing.assert_allclose(gpu.exp, cpu.exp, atol=0.02)
+    np.testing.assert_allclose(gpu.R, cpu.R, atol=0.02)
+    np.testing.assert_array_equal(gpu.eye_ratio, cpu.eye_ratio)
