@@ -54,6 +54,8 @@ class OrtRunner(Runner):
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if want_cuda else ["CPUExecutionProvider"]
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        # busy-waiting worker threads starve the app's other threads (capture, UI, a second session) on few cores
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             options.intra_op_num_threads = threads
         try:

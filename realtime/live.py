@@ -56,6 +56,7 @@ class LiveProcessor:
 
     def __init__(self, animator: Animator, backend_note: str = "") -> None:
         self.animator = animator
+        self.overlap = animator.backend != "onnxruntime-cpu"  # GPU work overlaps; CPU halves would fight for cores
         self.backend = f"{animator.backend}" + (f" ({backend_note})" if backend_note else "")
         self.options = ProcessOptions()
         self.lock_scale = False

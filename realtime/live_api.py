@@ -12,7 +12,7 @@ from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 
-from engines.select import BACKENDS
+from engines.select import BACKENDS as BACKENDS  # re-exported: the UI offers these without importing engines/
 from realtime.filters import MotionSmoother, ease_toward
 from realtime.options import ProcessOptions
 
@@ -73,7 +73,10 @@ class FrameProcessor(Protocol):
 class PipelinedProcessor(FrameProcessor, Protocol):
     """A processor whose frame splits in two halves the loop runs on two threads, so the face tracking and
     motion of frame n+1 overlap the warp + decode of frame n (on a GPU: two CUDA streams working at once).
-    process(frame) must equal render(track(frame))."""
+    process(frame) must equal render(track(frame)). `overlap` says whether overlapping pays: on a GPU it does; on a
+    CPU the two halves only compete for the same cores, and the loop runs them one after the other."""
+
+    overlap: bool
 
     def track(self, frame_rgb: np.ndarray) -> object:
         """First half: face, motion and driving keypoints; the result carries everything render() needs."""

@@ -49,13 +49,21 @@ class DropOldestQueue(Generic[T]):
             if len(self.items) == self.items.maxlen:
                 self.dropped += 1
             self.items.append(item)
-            self.cond.notify()
+            self.cond.notify_all()
 
     def get(self, timeout: float) -> T | None:
         with self.cond:
             if not self.items:
                 self.cond.wait(timeout)
-            return self.items.popleft() if self.items else None
+            item = self.items.popleft() if self.items else None
+            self.cond.notify_all()  # wakes a producer waiting in wait_empty()
+            return item
+
+    def wait_empty(self, timeout: float) -> None:
+        """Block until a consumer took the items (or `timeout` s passed)."""
+        with self.cond:
+            if self.items:
+                self.cond.wait(timeout)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -326,11 +334,16 @@ class LiveLoop:
                     log.exception("live command failed")
                     with self.lock:
                         self.stats_.status = str(exc)
+            processor = self.processor
+            pipelined = isinstance(processor, PipelinedProcessor) and processor.overlap
+            if pipelined and len(self.tracked_q):
+                # track at most one frame ahead of the render: a newer camera frame will be fresher by then
+                self.tracked_q.wait_empty(POLL_S)
+                continue
             item = self.captured_q.get(POLL_S)
             if item is None:
                 continue
-            processor = self.processor
-            if isinstance(processor, PipelinedProcessor):
+            if pipelined:
                 tracked, ms = self._timed(lambda: processor.track(item.image))
                 if not isinstance(tracked, FrameResult):
                     self.tracked_q.put(Tracked(item, processor, tracked, ms))

@@ -50,3 +50,21 @@ def reduced_models(reduced_weights: Path, tmp_path_factory: pytest.TempPathFacto
     out = tmp_path_factory.mktemp("models")
     export_models(reduced_weights, out, verify=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def animator(reduced_models: Path):
+    """One Animator on the reduced models and ONNX Runtime CPU, shared by the core tests."""
+    from realtime.pipeline import Animator
+
+    made = Animator(reduced_models, "cpu")
+    yield made
+    made.close()
+
+
+@pytest.fixture(scope="session")
+def portrait(media_dir: Path):
+    """A real portrait (s0.jpg) as RGB uint8."""
+    from realtime.images import load_image
+
+    return load_image(media_dir / "portraits" / "s0.jpg")

@@ -9,13 +9,11 @@ from typing import Any, Iterable, Mapping
 
 import cv2
 import numpy as np
-import pytest
 
 from engines.ort import OrtRunner
 from engines.trt import DeviceArray, host_view
 from realtime.crop import crop_image, similarity_o2c
 from realtime.gpu_render import CudaUploads, DeviceRenderer
-from realtime.images import load_image
 from realtime.motion import Motion
 from realtime.options import ProcessOptions
 from realtime.paste import output_to_original, prepare_paste_mask
@@ -68,16 +66,6 @@ def ort_ops(opened: list[HostQueued]) -> Any:
         return opened[-1]
 
     return open_op
-
-
-@pytest.fixture(scope="module")
-def animator(reduced_models: Path) -> Animator:
-    return Animator(reduced_models, "cpu")
-
-
-@pytest.fixture(scope="module")
-def portrait(media_dir: Path) -> np.ndarray:
-    return load_image(media_dir / "portraits" / "s0.jpg")
 
 
 def cv2_rounding_bound(crop: np.ndarray, M: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

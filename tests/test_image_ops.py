@@ -12,7 +12,6 @@ import pytest
 
 from export.image_ops import crop_graph, paste_graph, theta_for, write_image_ops
 from realtime.crop import crop_image, similarity_o2c
-from realtime.images import load_image
 from realtime.paste import output_to_original, paste_back, prepare_paste_mask
 
 
@@ -25,11 +24,6 @@ def crop_on_graph(image: np.ndarray, M: np.ndarray, size: int = 256) -> np.ndarr
     h, w = image.shape[:2]
     (crop,) = run(crop_graph(h, w, size), {"image": image[None], "theta": theta_for(M, (h, w), size)})
     return crop[0].transpose(1, 2, 0) * 255
-
-
-@pytest.fixture(scope="module")
-def portrait(media_dir: Path) -> np.ndarray:
-    return load_image(media_dir / "portraits" / "s0.jpg")
 
 
 def test_theta_of_the_identity_is_the_identity_and_pixel_centres_map_exactly() -> None:

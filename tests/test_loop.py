@@ -257,9 +257,10 @@ def test_bad_camera_specs() -> None:
 class TwoHalves(FakeProcessor):
     """A pipelined fake: track() and render() each take a while and log when they ran."""
 
-    def __init__(self, half_s: float) -> None:
+    def __init__(self, half_s: float, overlap: bool) -> None:
         super().__init__()
         self.half_s = half_s
+        self.overlap = overlap
         self.spans: dict[str, list[tuple[int, float, float]]] = {"track": [], "render": []}
 
     def _span(self, name: str, index: int) -> None:
@@ -276,9 +277,14 @@ class TwoHalves(FakeProcessor):
         self._span("render", tracked)
         return FrameResult(None, status=f"frame {tracked}")
 
+    def process(self, frame_rgb: np.ndarray) -> FrameResult:
+        self.frames += 1
+        return self.render(self.track(frame_rgb))
 
-def test_pipelined_processor_overlaps_tracking_of_the_next_frame_with_rendering() -> None:
-    processor = TwoHalves(0.03)
+
+def _run_halves(overlap: bool) -> tuple[TwoHalves, ListSink, list[tuple[int, int]]]:
+    """Run a TwoHalves processor for 6 rendered frames; the (rendered, tracked) frame pairs whose spans overlapped."""
+    processor = TwoHalves(0.03, overlap)
     sink = ListSink()
     loop = LiveLoop(processor, SyntheticCamera(0.002), [sink])
     loop.start()
@@ -286,11 +292,24 @@ def test_pipelined_processor_overlaps_tracking_of_the_next_frame_with_rendering(
         wait_for(lambda: len(processor.spans["render"]) >= 6)
     finally:
         loop.stop()
-    assert processor.frames == 0  # process() was never called: the two halves ran on their own threads
     renders = {i: (start, end) for i, start, end in processor.spans["render"]}
     overlaps = [
         (i, j) for j, start, end in processor.spans["track"] for i, (r0, r1) in renders.items()
         if j > i and start < r1 and end > r0
     ]
+    return processor, sink, overlaps
+
+
+def test_pipelined_processor_overlaps_tracking_of_the_next_frame_with_rendering() -> None:
+    processor, sink, overlaps = _run_halves(overlap=True)
+    assert processor.frames == 0  # process() was never called: the two halves ran on their own threads
     assert overlaps, "tracking of a later frame never ran while an earlier frame was rendered"
+    assert all(f.result.status.startswith("frame ") for f in sink.frames)
+    # tracking never runs more than one frame ahead of the render
+    assert len(processor.spans["track"]) <= len(processor.spans["render"]) + 2
+
+
+def test_pipelined_processor_on_the_cpu_runs_its_halves_one_after_the_other() -> None:
+    processor, sink, overlaps = _run_halves(overlap=False)
+    assert overlaps == [] and processor.frames == len(processor.spans["render"])
     assert all(f.result.status.startswith("frame ") for f in sink.frames)

@@ -19,16 +19,6 @@ PLAIN = ProcessOptions(lip_zero=False, stitching=False)
 
 
 @pytest.fixture(scope="module")
-def animator(reduced_models: Path) -> Animator:
-    return Animator(reduced_models, "cpu")
-
-
-@pytest.fixture(scope="module")
-def portrait(media_dir: Path) -> np.ndarray:
-    return load_image(media_dir / "portraits" / "s0.jpg")
-
-
-@pytest.fixture(scope="module")
 def source(animator: Animator, portrait: np.ndarray):
     return animator.prepare_source(portrait, ProcessOptions())
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from PySide6.QtWidgets import QApplication
 
@@ -35,19 +35,9 @@ def make_window(
     return app, window  # type: ignore[return-value]
 
 
-def run_app(
-    models_dir: Path | None,
-    backend: str,
-    processor_factory: ProcessorFactory,
-    *,
-    camera: str | None = None,
-    portrait: Path | None = None,
-    settings_path: Path | None = None,
-) -> int:
-    """Open the window and run until it is closed; the exit code of the Qt event loop."""
-    app, window = make_window(
-        models_dir, backend, processor_factory, camera=camera, portrait=portrait, settings_path=settings_path
-    )
+def run_app(models_dir: Path | None, backend: str, processor_factory: ProcessorFactory, **window_options: Any) -> int:
+    """Open the window (make_window's keyword options) and run until it is closed; the Qt event loop's exit code."""
+    app, window = make_window(models_dir, backend, processor_factory, **window_options)
     code = app.exec()
     window.shutdown()
     return code

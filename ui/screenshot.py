@@ -48,7 +48,7 @@ def take_screenshot(
     media: Path = SHARED_MEDIA, frames: int = 30, timeout_s: float = 60.0,
 ) -> Path:
     """Run the window until `frames` frames were shown, grab it to `out` (PNG) and close it."""
-    video, portrait = media / "driving" / "d11.mp4", media / "portraits" / "s0.jpg"
+    video, portrait = media / "driving" / "d10.mp4", media / "portraits" / "s0.jpg"
     for path in (video, portrait):
         if not path.is_file():
             raise ScreenshotError(f"{path} is missing; set LIVEPORTRAIT_SHARED to the shared folder that has media/")
