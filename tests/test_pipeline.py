@@ -73,15 +73,41 @@ def test_stitching_adds_exactly_the_stitching_network_delta(animator: Animator, 
     np.testing.assert_allclose(stitched, apply_stitching(x_d, delta[None]), atol=1e-6)
 
 
-def test_lip_zero_adds_the_closing_delta_only_for_an_open_source_mouth(animator: Animator, source) -> None:
+@pytest.mark.parametrize("c_s_lip, mouth_open", [(None, True), (0.0299, False), (0.0301, True)])
+def test_lip_zero_adds_the_closing_delta_only_for_an_open_source_mouth(
+    animator: Animator, portrait: np.ndarray, monkeypatch: pytest.MonkeyPatch, c_s_lip: float | None, mouth_open: bool
+) -> None:
+    """None: the portrait's own lip ratio (open with the stand-in landmarks); else a forced ratio around the
+    official lip_normalize_threshold of 0.03."""
+    if c_s_lip is not None:
+        monkeypatch.setattr("realtime.pipeline.lip_ratio", lambda lmk: np.array([c_s_lip], np.float32))
+    source = animator.prepare_source(portrait, ProcessOptions())
+    assert (source.c_s_lip >= 0.03) == mouth_open
     motion = Motion(R=source.info.R, exp=source.info.exp, scale=source.info.scale, t=source.info.t)
     off = animator.keypoints(source, motion, motion, PLAIN)
     on = animator.keypoints(source, motion, motion, replace(PLAIN, lip_zero=True))
-    if source.c_s_lip >= 0.03:
+    if mouth_open:
         closing = animator.nets.runners["lip"].infer({"x": lip_input(source.x_s, source.c_s_lip, 0.0)})["delta"]
         np.testing.assert_allclose(on - off, kp_delta(closing), atol=1e-6)
+        assert np.abs(on - off).max() > 1e-4
     else:
         np.testing.assert_array_equal(on, off)
+    absolute = replace(PLAIN, lip_zero=True, relative=False)  # lip_zero applies to relative motion only
+    np.testing.assert_array_equal(animator.keypoints(source, motion, motion, absolute),
+                                  animator.keypoints(source, motion, motion, replace(PLAIN, relative=False)))
+
+
+def test_lip_retargeting_moves_only_by_the_lip_delta_of_the_scaled_ratios(
+    animator: Animator, source, drive_frames
+) -> None:
+    frames = list(driving_frames(animator, array_clip(drive_frames)))
+    ref, drv = (animator.driving_motion(frames[i]) for i in (0, 2))
+    options = replace(PLAIN, lip_retargeting=True, lip_retargeting_multiplier=0.5)
+    x_d = animator.keypoints(source, drv, ref, options)
+    ratios = np.array([[source.c_s_lip, drv.lip_ratio[0]]], dtype=np.float32) * 0.5
+    feed = np.concatenate([source.x_s.reshape(1, 63), ratios], axis=1)
+    delta = animator.nets.runners["lip"].infer({"x": feed})["delta"].reshape(21, 3)
+    np.testing.assert_allclose(x_d, source.x_s + delta, atol=1e-6)
 
 
 def test_eye_retargeting_with_relative_motion_moves_only_by_the_eye_delta(animator: Animator, source, drive_frames) -> None:
