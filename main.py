@@ -70,9 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--source", type=Path, required=True, help="portrait image")
     p.add_argument("--camera", default="0", help="camera index, or a video file standing in for the camera")
     p.add_argument("--virtual-cam", action="store_true", help="send the output to the virtual camera")
-    p.add_argument("--no-window", action="store_true", help="run headless (the default for this command)")
-    p.add_argument("--frames", type=int, help="stop after this many frames")
-    p.add_argument("--record", type=Path, help="also record the output to this .mp4")
+    p.add_argument("--no-window", action="store_true", help="run headless (no window), e.g. only into the virtual camera")
+    p.add_argument("--frames", type=int, help="with --no-window: stop after this many frames")
+    p.add_argument("--record", type=Path, help="with --no-window: also record the output to this .mp4")
     p.add_argument("--force", action="store_true")
     _add_options(p)
 
@@ -116,18 +116,26 @@ def cmd_template(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}: {frames} frames")
 
 
-def cmd_live(args: argparse.Namespace) -> None:
+def cmd_live(args: argparse.Namespace) -> int:
+    """The window with this portrait, camera and options, or (--no-window) the same loop headless."""
     from realtime.camera import open_camera
     from realtime.images import load_image
     from realtime.live import make_processor
     from realtime.loop import run_headless
 
+    options = options_from_args(args)
+    if not args.no_window:
+        from ui.app import run_app
+
+        return run_app(args.models, args.backend, make_processor, camera=args.camera, portrait=args.source,
+                       options=options, virtual_cam=args.virtual_cam)
     processor = make_processor(args.models, args.backend)
-    processor.set_options(options_from_args(args), 0.3, False)
+    processor.set_options(options, 0.3, False)
     processor.set_source(load_image(args.source))
     camera = open_camera(args.camera)
     stats = run_headless(processor, camera, args.virtual_cam, args.frames, record=args.record, overwrite=args.force)
     print(stats.line())
+    return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -153,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         return cmd_app(args)
     try:
-        COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -162,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -70,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as exc:  # the runtime requirements lack the export tools
+        print(f"error: `python -m export {args.command}` needs the {exc.name} package; install the export tools "
+              "with: pip install -r requirements-export.txt", file=sys.stderr)
+        return 1
     except (RuntimeError, OSError, ValueError) as exc:  # our errors carry a one-line message for the user
         print(f"error: {exc}", file=sys.stderr)
         return 1

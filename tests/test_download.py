@@ -99,3 +99,19 @@ def test_cli_download_offline_prints_one_line_error(tmp_path: Path, capsys: pyte
     err = capsys.readouterr().err
     assert err.startswith("error: cannot reach http://127.0.0.1:9")
     assert "Traceback" not in err
+
+
+def test_cli_without_the_export_tools_says_what_to_install(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    import sys
+
+    from export.__main__ import main
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # as on a machine with only requirements.txt
+    monkeypatch.delitem(sys.modules, "export.fake_weights", raising=False)
+    assert main(["fake-weights", "--to", str(tmp_path / "w")]) == 1
+    assert capsys.readouterr().err == (
+        "error: `python -m export fake-weights` needs the torch package; install the export tools with: "
+        "pip install -r requirements-export.txt\n"
+    )

@@ -157,3 +157,21 @@ def test_portrait_without_face_and_missing_models_are_explained(
     monkeypatch.chdir(tmp_path)
     code, _, err = _run(["render", "--source", str(blank), "--driving", str(driving), "--out", "o.mp4"], capsys)
     assert code == 1 and err.startswith("error: no models folder is configured; create one with: python -m export")
+
+
+def test_live_headless_runs_and_says_when_there_is_no_virtual_camera(
+    reduced_models: Path, media_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from realtime import vcam
+
+    def no_device(width: int, height: int, fps: float):
+        raise RuntimeError("no v4l2loopback device found")
+
+    monkeypatch.setattr(vcam, "_pyvirtualcam", no_device)
+    code, stdout, err = _run(["live", "--models", str(reduced_models), "--backend", "cpu", "--no-window",
+                              "--source", str(media_dir / "portraits" / "s5.jpg"),
+                              "--camera", str(media_dir / "driving" / "d10.mp4"), "--virtual-cam", "--frames", "2"],
+                             capsys)
+    assert code == 0
+    assert "virtual camera unavailable" in err.lower() and "modprobe v4l2loopback" in err
+    assert re.search(r"\d+\.\d fps \| latency p50 \d+ ms", stdout)

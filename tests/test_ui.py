@@ -227,3 +227,16 @@ def test_screenshot_grabs_the_running_window(qtbot, tmp_path: Path, media_dir: P
     image = cv2.imread(str(out))
     assert image.shape == (760, 1280, 3)
     assert image.std() > 20  # the previews are drawn, not a blank window
+
+
+def test_command_line_options_and_virtual_camera_start_with_the_window(qtbot, make_window, media_dir: Path) -> None:
+    """`python main.py live` without --no-window: the window opens with the command line's options and the
+    virtual camera already on."""
+    factory = Factory()
+    options = ProcessOptions(scale=2.0, stitching=False, eyes_retargeting_multiplier=2.5)
+    window = make_window(factory, portrait=media_dir / "portraits" / "s0.jpg", options=options, virtual_cam=True)
+    flowing(qtbot, window)
+    assert window.current_options() == options
+    assert window.vcam is not None and window.vcam_check.isChecked()
+    qtbot.waitUntil(lambda: factory.made[0].options == options, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: len(window.vcam.cam.sent) >= 1, timeout=WAIT_MS)

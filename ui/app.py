@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from PySide6.QtWidgets import QApplication
 
 from realtime.live_api import ProcessorFactory
-from realtime.vcam import CameraBackend
 from ui.main_window import MainWindow
 from ui.settings import default_settings_path
 
@@ -18,17 +17,15 @@ def make_window(
     backend: str,
     processor_factory: ProcessorFactory,
     *,
-    camera: str | None = None,
-    portrait: Path | None = None,
     settings_path: Path | None = None,
-    vcam_backend: Callable[[int, int, float], CameraBackend] | None = None,
+    **window_options: Any,
 ) -> tuple[QApplication, MainWindow]:
-    """The application object (reused when one exists) and a shown main window."""
+    """The application object (reused when one exists) and a shown main window; window_options are MainWindow's
+    keyword options (camera, portrait, vcam_backend, options, virtual_cam)."""
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("LivePortrait RT")
     window = MainWindow(
-        processor_factory, models_dir, backend, settings_path or default_settings_path(),
-        camera=camera, portrait=portrait, vcam_backend=vcam_backend,
+        processor_factory, models_dir, backend, settings_path or default_settings_path(), **window_options
     )
     window.resize(1280, 760)
     window.show()

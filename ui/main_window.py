@@ -94,13 +94,18 @@ class MainWindow(QMainWindow):
         camera: str | None = None,
         portrait: Path | None = None,
         vcam_backend: Callable[[int, int, float], CameraBackend] | None = None,
+        options: ProcessOptions | None = None,
+        virtual_cam: bool = False,
     ) -> None:
+        """`options` (e.g. from the command line) replace the saved ones; `virtual_cam` starts the output at once."""
         super().__init__()
         self.setWindowTitle("LivePortrait RT")
         self.setAcceptDrops(True)
         self.factory, self.models_dir, self.settings_path = processor_factory, models_dir, settings_path
         self.vcam_backend = vcam_backend
         self.settings = Settings.load(settings_path)
+        if options is not None:
+            self.settings.options = {k: v for k, v in options.__dict__.items() if k != "onnx_device"}
         self.loop: LiveLoop | None = None
         self.processor: FrameProcessor | None = None
         self.portrait_image: np.ndarray | None = None
@@ -124,6 +129,8 @@ class MainWindow(QMainWindow):
             self.load_portrait(portrait)
         elif self.settings.recent_portraits:
             self.load_portrait(Path(self.settings.recent_portraits[0]))
+        if virtual_cam:
+            self.vcam_check.setChecked(True)
         self.readout_timer = QTimer(self)
         self.readout_timer.timeout.connect(self._update_readout)
         self.readout_timer.start(500)
