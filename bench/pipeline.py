@@ -23,8 +23,9 @@ from engines.base import Runner
 from realtime.images import load_image
 from realtime.motion import Motion
 from realtime.options import ProcessOptions
-from realtime.pipeline import Animator, DrivingTracker
-from realtime.render import open_driving
+from realtime.crop import driving_box
+from realtime.pipeline import Animator, DrivingFrame
+from realtime.render import net_input, open_driving, track_clip
 from realtime.templates import Template
 
 REPO = Path(__file__).resolve().parents[1]
@@ -156,10 +157,9 @@ def _driving_motions(animator: Animator, path: Path, count: int) -> Iterator[Mot
     if isinstance(driving, Template):
         yield from islice(_looped(lambda: map(driving.motion, range(len(driving)))), count)
         return
-    tracker = DrivingTracker(animator.faces, animator.timer)
-    for frame in islice(_looped(driving.frames), count):
-        lmk203, _ = tracker.landmarks(frame)
-        yield animator.driving_motion(tracker.prepare(frame, lmk203, None))
+    for frame, lmk in track_clip(animator, islice(_looped(driving.frames), count)):
+        box = None if lmk is None else driving_box(lmk)
+        yield animator.driving_motion(DrivingFrame(net_input(frame, box), lmk, box))
 
 
 def measure(animator: Animator, source: Path, driving: Path, frames: int) -> PipelineBench:

@@ -10,12 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
-import cv2
 import numpy as np
 
 from engines import open_runner
 from export.layout import NETWORK_ONNX
-from realtime.crop import CropInfo, box_o2c, crop_box, crop_source, driving_box, transform_pts
+from realtime.crop import CropInfo, box_o2c, crop_box, crop_source, transform_pts
 from realtime.face import FaceModels, eye_ratio, lip_ratio
 from realtime.images import limit_size
 from realtime.live_api import SourceError
@@ -29,7 +28,7 @@ from realtime.motion import (
     relative_motion,
 )
 from realtime.options import ProcessOptions
-from realtime.paste import OUT_SIZE, output_to_original, paste_back, prepare_paste_mask
+from realtime.paste import paste_back, prepare_paste_mask
 
 if TYPE_CHECKING:
     from realtime.gpu_render import DeviceRenderer
@@ -245,57 +244,3 @@ class Animator:
         self.nets.interrupt()
         for runner in self.faces.runners:
             runner.interrupt()
-
-
-class DrivingTracker:
-    """Driving frames -> 256 crops: detect once, then follow the 203 landmarks frame to frame (the official video
-    tracking), re-detecting whenever the face was lost. Square frames are only resized (the official default);
-    other frames are cropped around the face with `box`, or the frame's own landmark box when `box` is None."""
-
-    def __init__(self, faces: FaceModels, timer: StageTimer) -> None:
-        self.faces = faces
-        self.timer = timer
-        self.lmk203: np.ndarray | None = None
-
-    def landmarks(self, frame: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """(203 landmarks, detection box) of the frame's face, or (None, None) when no face is in view."""
-        if self.lmk203 is not None:
-            with self.timer("landmarks"):
-                self.lmk203 = self.faces.track(frame, self.lmk203)
-            return self.lmk203, None
-        with self.timer("detect"):
-            face = self.faces.analyze(frame)
-        self.lmk203 = None if face is None else face.lmk203
-        return self.lmk203, None if face is None else face.bbox
-
-    def lose(self) -> None:
-        """Forget the tracked face so the next frame is detected afresh."""
-        self.lmk203 = None
-
-    def prepare(self, frame: np.ndarray, lmk203: np.ndarray | None, box: np.ndarray | None) -> DrivingFrame:
-        """Cut the network input out of a frame whose landmarks are already known."""
-        h, w = frame.shape[:2]
-        if h == w:
-            img_256 = cv2.resize(frame, (NET_SIZE, NET_SIZE))
-        elif box is not None or lmk203 is not None:
-            crop_at = box if box is not None else driving_box(lmk203)
-            img_256 = crop_box(frame, crop_at, lmk203 if lmk203 is not None else np.zeros((0, 2))).img_256
-        else:
-            img_256 = cv2.resize(_centre_square(frame), (NET_SIZE, NET_SIZE))
-        face_box = None if lmk203 is None else driving_box(lmk203)
-        return DrivingFrame(img_256, lmk203, face_box)
-
-
-def _centre_square(frame: np.ndarray) -> np.ndarray:
-    """The largest centred square of a frame: the fallback crop when no face was ever seen."""
-    h, w = frame.shape[:2]
-    side = min(h, w)
-    y0, x0 = (h - side) // 2, (w - side) // 2
-    return frame[y0 : y0 + side, x0 : x0 + side]
-
-
-def output_frame_box(src: SourcePortrait) -> np.ndarray:
-    """Corners of the animated crop in the original image (for tests and overlays): 4x2 pixels."""
-    M = output_to_original(src.M_c2o, src.dsize)
-    corners = np.array([[0, 0], [OUT_SIZE, 0], [OUT_SIZE, OUT_SIZE], [0, OUT_SIZE]], dtype=np.float64)
-    return transform_pts(corners, M)

@@ -11,10 +11,11 @@ from typing import Callable, Iterable, Iterator, Sequence
 import cv2
 import numpy as np
 
+from realtime.crop import crop_box, driving_box
 from realtime.images import ImageInputError, load_image, to_rgb_uint8
 from realtime.motion import Motion
 from realtime.options import ProcessOptions
-from realtime.pipeline import Animator, DrivingFrame, DrivingTracker, SourcePortrait, driving_box
+from realtime.pipeline import NET_SIZE, Animator, DrivingFrame, SourcePortrait
 from realtime.templates import Template, load_template, save_template
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -88,15 +89,43 @@ def array_clip(frames: Sequence[np.ndarray] | np.ndarray) -> DrivingClip:
     return DrivingClip(lambda: iter(checked), len(checked), DEFAULT_FPS)
 
 
+def track_clip(animator: Animator, frames: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """(frame, its 203 landmarks or None), the official way for a video: detect until a face is found, then follow
+    the points frame to frame from the previous ones (no re-detection). Lazy, frame by frame."""
+    faces, timer = animator.faces, animator.timer
+    lmk: np.ndarray | None = None
+    for frame in frames:
+        if lmk is None:
+            with timer("detect"):
+                face = faces.analyze(frame)
+            lmk = None if face is None else face.lmk203
+        else:
+            with timer("landmarks"):
+                lmk = faces.track(frame, lmk)
+        yield frame, lmk
+
+
+def net_input(frame: np.ndarray, box: np.ndarray | None) -> np.ndarray:
+    """A driving frame's 256 network input: a square frame is only resized (the official default), any other is
+    cropped to the clip's face box (or, when no face was ever seen, to its centred square)."""
+    h, w = frame.shape[:2]
+    if h == w:
+        return cv2.resize(frame, (NET_SIZE, NET_SIZE))
+    if box is None:
+        side = min(h, w)
+        y0, x0 = (h - side) // 2, (w - side) // 2
+        return cv2.resize(frame[y0 : y0 + side, x0 : x0 + side], (NET_SIZE, NET_SIZE))
+    return crop_box(frame, box, np.zeros((0, 2))).img_256
+
+
 def driving_frames(animator: Animator, clip: DrivingClip) -> Iterator[DrivingFrame]:
     """The clip made ready for motion: landmarks tracked through it and, for frames that are not square, ONE crop
     box averaged over the clip, exactly as the official driving crop does (a live stream uses a causal box)."""
-    tracker = DrivingTracker(animator.faces, animator.timer)
-    landmarks = [tracker.landmarks(frame)[0] for frame in clip.frames()]
+    landmarks = [lmk for _, lmk in track_clip(animator, clip.frames())]
     boxes = [driving_box(lmk) for lmk in landmarks if lmk is not None]
     mean_box = np.mean(boxes, axis=0) if boxes else None
     for frame, lmk in zip(clip.frames(), landmarks):
-        yield tracker.prepare(frame, lmk, mean_box)
+        yield DrivingFrame(net_input(frame, mean_box), lmk, None if lmk is None else driving_box(lmk))
 
 
 def driving_motions(animator: Animator, driving: DrivingClip | Template) -> list[Motion]:

@@ -12,10 +12,18 @@ from realtime.images import ImageInputError, load_image
 from realtime.live_api import SourceError
 from realtime.motion import Motion, apply_stitching, kp_delta, lip_input, stitching_input
 from realtime.options import ProcessOptions
-from realtime.pipeline import Animator, output_frame_box
+from realtime.crop import transform_pts
+from realtime.paste import OUT_SIZE, output_to_original
+from realtime.pipeline import Animator, SourcePortrait
 from realtime.render import array_clip, driving_frames, process
 
 PLAIN = ProcessOptions(lip_zero=False, stitching=False)
+
+
+def output_frame_box(src: SourcePortrait) -> np.ndarray:
+    """Corners of the animated 512 crop in the original image, 4x2 pixels."""
+    corners = np.array([[0, 0], [OUT_SIZE, 0], [OUT_SIZE, OUT_SIZE], [0, OUT_SIZE]], dtype=np.float64)
+    return transform_pts(corners, output_to_original(src.M_c2o, src.dsize))
 
 
 @pytest.fixture(scope="module")
