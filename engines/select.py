@@ -43,10 +43,11 @@ def probe_ort_providers() -> tuple[str, ...]:
     """The providers a real session got when CUDA was asked for (a tiny in-memory conv model)."""
     import numpy as np
     import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return ("CPUExecutionProvider",)
+    from onnx import TensorProto, helper, numpy_helper  # in requirements-gpu.txt, the only install with CUDA
+
     weight = numpy_helper.from_array(np.ones((1, 1, 1, 1), np.float32), "w")
     graph = helper.make_graph(
         [helper.make_node("Conv", ["x", "w"], ["y"])],

@@ -376,11 +376,13 @@ class LiveLoop:
         return result, (time.perf_counter() - start) * 1e3
 
     def _finish(self, item: Captured, result: FrameResult, process_ms: float) -> None:
-        self.output_q.put(LiveFrame(item.image, result, item.capture_ts, item.index, process_ms))
         with self.lock:
             self.stats_.processed += 1
+            if self.stop_event.is_set():
+                return  # the frame in flight when stopping was aborted: it is no result to show
             self.stats_.timings = {**result.timings, "process": process_ms}
             self.stats_.status = result.status
+        self.output_q.put(LiveFrame(item.image, result, item.capture_ts, item.index, process_ms))
 
     def _output(self) -> None:
         while not self.stop_event.is_set():

@@ -175,3 +175,21 @@ def test_live_headless_runs_and_says_when_there_is_no_virtual_camera(
     assert code == 0
     assert "virtual camera unavailable" in err.lower() and "modprobe v4l2loopback" in err
     assert re.search(r"\d+\.\d fps \| latency p50 \d+ ms", stdout)
+
+
+def test_the_cpu_runtime_needs_neither_torch_nor_onnx(reduced_models: Path, media_dir: Path, tmp_path: Path) -> None:
+    """requirements.txt (the app's install) has no PyTorch and no onnx: render and the live loop must not need them."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "o.mp4"
+    args = ["render", "--models", str(reduced_models), "--source", str(media_dir / "portraits" / "s5.jpg"),
+            "--driving", str(media_dir / "driving" / "d12.jpg"), "--out", str(out)]
+    code = (
+        "import sys; sys.modules.update(torch=None, onnx=None); import main; "
+        f"code = main.main({args!r}); import realtime.live, ui.app; sys.exit(code)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith(f"wrote {out}: 1 frames in ")
