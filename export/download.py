@@ -91,7 +91,7 @@ def download(to: Path, base_url: str = HUB_URL, timeout: float = 15.0, log: Call
             raise DownloadError(f"cannot create {dest.parent} ({exc.strerror}); choose a writable --to folder") from exc
         if dest.exists():
             # a file of the user's that does not match the release: keep it aside rather than overwrite it
-            backup = dest.with_name(dest.name + ".old")
+            backup = next(p for n in range(1000) if not (p := dest.with_name(f"{dest.name}.old{n or ''}")).exists())
             shutil.move(dest, backup)
             log(f"{rel}: existing file differs from the release, kept as {backup.name}")
         with tqdm(total=size, unit="B", unit_scale=True, desc=Path(rel).name) as bar:

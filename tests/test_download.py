@@ -80,6 +80,11 @@ def test_download_keeps_verified_files_and_sets_aside_a_different_one(server: st
     assert odd.with_name(odd.name + ".old").read_bytes() == b"user's own file"
     assert sum("already present and verified" in m for m in messages) == len(WEIGHT_FILES) - 1
 
+    odd.write_bytes(b"another file of the user's")
+    dl.download(tmp_path, base_url=server, log=messages.append)
+    assert odd.with_name(odd.name + ".old").read_bytes() == b"user's own file"  # the first one is kept too
+    assert odd.with_name(odd.name + ".old1").read_bytes() == b"another file of the user's"
+
 
 def test_offline_download_fails_fast_with_manual_instructions(tmp_path: Path) -> None:
     with pytest.raises(dl.DownloadError) as err:
