@@ -12,31 +12,34 @@ import sys
 import warnings
 from pathlib import Path
 
+from dataclasses import fields
+
 from engines.select import BACKENDS
-from realtime.options import ProcessOptions
+from realtime.options import OPTION_RANGES, ProcessOptions
 
 
-
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--models", type=Path, help="models folder (from `python -m export onnx`)")
-    parser.add_argument("--backend", choices=BACKENDS, default="auto", help="where the networks run")
+def _common(suppress: bool) -> argparse.ArgumentParser:
+    """--models and --backend, accepted before or after the command; after it, they only override."""
+    parser = argparse.ArgumentParser(add_help=False)
+    keep = {"default": argparse.SUPPRESS} if suppress else {}
+    parser.add_argument("--models", type=Path, help="models folder (from `python -m export onnx`)", **keep)
+    parser.add_argument("--backend", choices=BACKENDS, help="where the networks run (default auto)",
+                        **(keep or {"default": "auto"}))
+    return parser
 
 
 def _add_options(parser: argparse.ArgumentParser) -> None:
-    """One flag per ProcessOptions field, with the node's defaults."""
-    defaults = ProcessOptions()
+    """One flag per ProcessOptions field, with the node's defaults and ranges."""
     group = parser.add_argument_group("animation options (the LivePortraitProcess node's)")
-    group.add_argument("--dsize", type=int, default=defaults.dsize, help="source crop size, 64-2048")
-    group.add_argument("--scale", type=float, default=defaults.scale, help="source crop scale, 1.0-4.0")
-    group.add_argument("--vx-ratio", type=float, default=defaults.vx_ratio)
-    group.add_argument("--vy-ratio", type=float, default=defaults.vy_ratio)
-    group.add_argument("--lip-zero", action=argparse.BooleanOptionalAction, default=defaults.lip_zero)
-    group.add_argument("--eye-retargeting", action=argparse.BooleanOptionalAction, default=defaults.eye_retargeting)
-    group.add_argument("--eyes-retargeting-multiplier", type=float, default=defaults.eyes_retargeting_multiplier)
-    group.add_argument("--lip-retargeting", action=argparse.BooleanOptionalAction, default=defaults.lip_retargeting)
-    group.add_argument("--lip-retargeting-multiplier", type=float, default=defaults.lip_retargeting_multiplier)
-    group.add_argument("--stitching", action=argparse.BooleanOptionalAction, default=defaults.stitching)
-    group.add_argument("--relative", action=argparse.BooleanOptionalAction, default=defaults.relative)
+    for field in fields(ProcessOptions):
+        if field.name == "onnx_device":
+            continue  # --backend chooses where the networks run
+        flag, default = "--" + field.name.replace("_", "-"), getattr(ProcessOptions(), field.name)
+        if isinstance(default, bool):
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        else:
+            low, high = OPTION_RANGES[field.name]
+            group.add_argument(flag, type=type(default), default=default, help=f"{low:g} to {high:g}, default {default:g}")
 
 
 def options_from_args(args: argparse.Namespace) -> ProcessOptions:
@@ -44,14 +47,14 @@ def options_from_args(args: argparse.Namespace) -> ProcessOptions:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python main.py", description=__doc__.splitlines()[0])
-    _add_common(parser)
+    parser = argparse.ArgumentParser(prog="python main.py", description=__doc__.splitlines()[0],
+                                     parents=[_common(suppress=False)])
     parser.add_argument("--camera", help="camera index or a video file standing in for the camera")
     parser.add_argument("--source", type=Path, help="portrait to open with")
     sub = parser.add_subparsers(dest="command")
+    common = _common(suppress=True)
 
-    p = sub.add_parser("render", help="animate a portrait with a video, image folder, image or template")
-    _add_common(p)
+    p = sub.add_parser("render", parents=[common], help="animate a portrait with a video, image folder, image or template")
     p.add_argument("--source", type=Path, required=True, help="portrait image")
     p.add_argument("--driving", type=Path, required=True, help="video, image folder, image or template .npz")
     p.add_argument("--out", type=Path, required=True, help="full-frame output video (.mp4)")
@@ -59,25 +62,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace output files that already exist")
     _add_options(p)
 
-    p = sub.add_parser("template", help="save a driving video's motion as a template .npz")
-    _add_common(p)
+    p = sub.add_parser("template", parents=[common], help="save a driving video's motion as a template .npz")
     p.add_argument("--driving", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--force", action="store_true")
 
-    p = sub.add_parser("live", help="animate from a camera without the window (e.g. into the virtual camera)")
-    _add_common(p)
+    p = sub.add_parser("live", parents=[common], help="animate from a camera at once, in the window or headless")
     p.add_argument("--source", type=Path, required=True, help="portrait image")
-    p.add_argument("--camera", default="0", help="camera index, or a video file standing in for the camera")
+    p.add_argument("--camera", default=argparse.SUPPRESS, help="camera index (default 0), or a video file")
     p.add_argument("--virtual-cam", action="store_true", help="send the output to the virtual camera")
     p.add_argument("--no-window", action="store_true", help="run headless (no window), e.g. only into the virtual camera")
     p.add_argument("--frames", type=int, help="with --no-window: stop after this many frames")
     p.add_argument("--record", type=Path, help="with --no-window: also record the output to this .mp4")
-    p.add_argument("--force", action="store_true")
+    p.add_argument("--force", action="store_true", help="with --no-window: replace an existing --record file")
     _add_options(p)
 
-    p = sub.add_parser("bench", help="per-stage timings and fps of process() on this machine")
-    _add_common(p)
+    p = sub.add_parser("bench", parents=[common], help="per-stage timings and fps of process() on this machine")
     p.add_argument("--frames", type=int, default=5)
     p.add_argument("--source", type=Path, help="portrait (default: a shared media portrait)")
     p.add_argument("--driving", type=Path, help="driving video (default: a shared media video)")
@@ -85,14 +85,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _animator(args: argparse.Namespace):
-    from engines.select import choose_backend
-    from realtime.pipeline import Animator
-    from realtime.settings import resolve_models_dir
+    from realtime.pipeline import open_animator
 
-    folder = resolve_models_dir(args.models)
-    choice = choose_backend(args.backend, folder)
-    print(f"backend: {choice.name} — {choice.reason}", file=sys.stderr)
-    return Animator(folder, choice.name)
+    animator, reason = open_animator(args.models, args.backend)
+    print(f"backend: {animator.backend} — {reason}", file=sys.stderr)
+    return animator
 
 
 def cmd_render(args: argparse.Namespace) -> None:
@@ -124,16 +121,18 @@ def cmd_live(args: argparse.Namespace) -> int:
     from realtime.loop import run_headless
 
     options = options_from_args(args)
+    camera = args.camera or "0"
     if not args.no_window:
         from ui.app import run_app
 
-        return run_app(args.models, args.backend, make_processor, camera=args.camera, portrait=args.source,
+        if args.frames or args.record or args.force:
+            raise ValueError("--frames, --record and --force apply with --no-window; in the window, use its record button")
+        return run_app(args.models, args.backend, make_processor, camera=camera, portrait=args.source,
                        options=options, virtual_cam=args.virtual_cam)
     processor = make_processor(args.models, args.backend)
     processor.set_options(options, 0.3, False)
     processor.set_source(load_image(args.source))
-    camera = open_camera(args.camera)
-    stats = run_headless(processor, camera, args.virtual_cam, args.frames, record=args.record, overwrite=args.force)
+    stats = run_headless(processor, open_camera(camera), args.virtual_cam, args.frames, record=args.record, overwrite=args.force)
     print(stats.line())
     return 0
 
@@ -158,14 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore")
-    if args.command is None:
-        return cmd_app(args)
     try:
-        code = COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args) if args.command else cmd_app(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (RuntimeError, OSError, ValueError) as exc:  # every expected failure carries a one-line message
+    except (RuntimeError, OSError, ValueError, ImportError) as exc:  # each expected failure has a one-line message
         if os.environ.get("LIVEPORTRAIT_DEBUG"):
             raise
         print(f"error: {exc}", file=sys.stderr)

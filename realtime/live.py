@@ -12,14 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.select import choose_backend
 from realtime.crop import BoxSmoother, driving_box
 from realtime.filters import MotionSmoother, ease_toward
 from realtime.live_api import FrameResult, check_image
 from realtime.motion import Motion
 from realtime.options import ProcessOptions
-from realtime.pipeline import Animator, SourcePortrait
-from realtime.settings import resolve_models_dir
+from realtime.pipeline import Animator, SourcePortrait, open_animator
 
 #: options that change the source crop, so the portrait must be prepared again when they change
 CROP_OPTIONS = ("dsize", "scale", "vx_ratio", "vy_ratio")
@@ -31,6 +29,22 @@ def orthonormal(R: np.ndarray) -> np.ndarray:
     """The rotation nearest to R: filtering a rotation element by element leaves it slightly non-orthogonal."""
     u, _, vt = np.linalg.svd(R)
     return (u @ vt).astype(np.float32)
+
+
+def motion_values(motion: Motion) -> dict[str, np.ndarray]:
+    """The quantities that are filtered and eased, as arrays."""
+    return {"R": motion.R, "exp": motion.exp, "t": motion.t, "scale": np.array([motion.scale])}
+
+
+def with_values(motion: Motion, values: dict[str, np.ndarray]) -> Motion:
+    """`motion` with filtered/eased quantities put back (R made a rotation again)."""
+    return replace(
+        motion,
+        R=orthonormal(values["R"]),
+        exp=values["exp"].astype(np.float32),
+        t=values["t"].astype(np.float32),
+        scale=float(values["scale"][0]),
+    )
 
 
 def _inside(point: np.ndarray, box: np.ndarray) -> bool:
@@ -84,7 +98,10 @@ class LiveProcessor:
             self.source = self.animator.prepare_source(self.image, options)
 
     def recalibrate(self) -> None:
+        """The next frame becomes neutral; the filters start afresh so no lag of the old pose leaks into it."""
         self.reference = None
+        self.smoother.reset()
+        self.box.reset()
 
     def _landmarks(self, frame: np.ndarray) -> np.ndarray | None:
         """The face's 203 landmarks, or None when no face is in view.
@@ -106,27 +123,15 @@ class LiveProcessor:
         return tracked
 
     def _smoothed(self, motion: Motion, now: float) -> Motion:
-        values = self.smoother({"R": motion.R, "exp": motion.exp, "t": motion.t, "scale": np.array([motion.scale])}, now)
-        return replace(
-            motion,
-            R=orthonormal(values["R"]),
-            exp=values["exp"].astype(np.float32),
-            t=values["t"].astype(np.float32),
-            scale=float(values["scale"][0]),
-        )
+        values = self.smoother(motion_values(motion), now)
+        return with_values(motion, values)
 
     def _eased(self, dt: float) -> Motion | None:
         """The held pose, moved toward the neutral reference while no face is in view."""
         if self.motion is None or self.reference is None:
             return self.motion
-        ref, cur = self.reference, self.motion
-        return replace(
-            cur,
-            R=orthonormal(ease_toward(cur.R, ref.R, dt)),
-            exp=ease_toward(cur.exp, ref.exp, dt).astype(np.float32),
-            t=ease_toward(cur.t, ref.t, dt).astype(np.float32),
-            scale=float(ease_toward(np.array(cur.scale), np.array(ref.scale), dt)),
-        )
+        neutral = motion_values(self.reference)
+        return with_values(self.motion, {k: ease_toward(v, neutral[k], dt) for k, v in motion_values(self.motion).items()})
 
     def track(self, frame_rgb: np.ndarray) -> TrackedFrame:
         """First half of a frame: follow the face, update the smoothed motion, compute x_d'."""
@@ -181,6 +186,4 @@ class LiveProcessor:
 
 def make_processor(models_dir: Path | None, backend: str) -> LiveProcessor:
     """The ProcessorFactory of the app and `main.py live`: resolve the models folder, pick the backend, open it."""
-    folder = resolve_models_dir(models_dir)
-    choice = choose_backend(backend, folder)
-    return LiveProcessor(Animator(folder, choice.name), choice.reason)
+    return LiveProcessor(*open_animator(models_dir, backend))

@@ -59,6 +59,12 @@ class DropOldestQueue(Generic[T]):
             self.cond.notify_all()  # wakes a producer waiting in wait_empty()
             return item
 
+    def wait_nonempty(self, timeout: float) -> None:
+        """Block until an item arrives (or `timeout` s passed), without taking it."""
+        with self.cond:
+            if not self.items:
+                self.cond.wait(timeout)
+
     def wait_empty(self, timeout: float) -> None:
         """Block until a consumer took the items (or `timeout` s passed)."""
         with self.cond:
@@ -166,11 +172,13 @@ class LiveLoop:
         self.sinks: list[Sink] = list(sinks)
         self.captured_q: DropOldestQueue[Captured] = DropOldestQueue(queue_size)
         self.tracked_q: DropOldestQueue[Tracked] = DropOldestQueue(queue_size)
+        self.rendering: PipelinedProcessor | None = None  # whose frame the render thread is rendering
         self.output_q: DropOldestQueue[LiveFrame] = DropOldestQueue(queue_size)
         self.lock = threading.Lock()
         self.send_lock = threading.RLock()  # held while sinks run, so a sink is never closed mid-send
         self.commands: deque[Callable[[], None]] = deque()
         self.pending_source: FrameSource | None = None
+        self.pending_settings: tuple[ProcessOptions, float, bool] | None = None
         self.stop_event = threading.Event()
         self.threads: list[threading.Thread] = []
         self.stats_ = LiveStats()
@@ -208,14 +216,17 @@ class LiveLoop:
         for sink in self.sinks:
             sink.close()
         self.sinks = []
-        if self.processor is not None:
+        if self.processor is not None and joined:  # a thread still inside it would use freed sessions/buffers
             self.processor.close()
         return joined
 
     # -- controls (any thread) ----------------------------------------------------------------------------------
     def set_options(self, options: ProcessOptions, smoothing: float, lock_scale: bool) -> None:
+        """Apply before the next frame; of several changes made meanwhile (a dragged slider) only the last one runs,
+        since a crop option re-prepares the portrait."""
         options.validate()
-        self._command(lambda: self._apply_settings((options, smoothing, lock_scale)))
+        with self.lock:
+            self.pending_settings = (options, smoothing, lock_scale)
 
     def set_source(self, image_rgb: np.ndarray) -> Future[None]:
         """Queue a new portrait; the future fails with the processor's SourceError (e.g. no face)."""
@@ -241,9 +252,9 @@ class LiveLoop:
         future: Future[None] = Future()
 
         def apply() -> None:
-            if self.processor is not None and self.processor is not processor:
-                self.processor.close()
-            self.processor = processor
+            old, self.processor = self.processor, processor
+            if old is not None and old is not processor:
+                self._retire(old)
             try:
                 if processor is not None and self.settings is not None:
                     processor.set_options(*self.settings)
@@ -256,12 +267,25 @@ class LiveLoop:
         self._command(apply)
         return future
 
+    def _retire(self, old: FrameProcessor, timeout: float = 5.0) -> None:
+        """Close a replaced processor once the render thread no longer holds a frame of it (on the process thread,
+        which tracks no new frame meanwhile)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self.stop_event.is_set():
+            with self.lock:
+                busy = self.rendering is old or any(item.processor is old for item in self.tracked_q.items)
+            if not busy:
+                break
+            time.sleep(POLL_S / 5)
+        old.close()
+
     def set_camera(self, source: FrameSource) -> None:
         """Switch to another camera/video; the capture thread closes the old one."""
         with self.lock:
             if self.pending_source is not None:
                 self.pending_source.close()
             self.pending_source = source
+        self.recalibrate()  # another camera sees the face from elsewhere: its first frame is the new neutral
 
     def add_sink(self, sink: Sink) -> None:
         with self.lock:
@@ -327,6 +351,9 @@ class LiveLoop:
         while not self.stop_event.is_set():
             with self.lock:
                 commands, self.commands = list(self.commands), deque()
+                settings, self.pending_settings = self.pending_settings, None
+            if settings is not None:
+                commands.insert(0, lambda: self._apply_settings(settings))
             for fn in commands:
                 try:
                     fn()
@@ -357,10 +384,16 @@ class LiveLoop:
 
     def _render(self) -> None:
         while not self.stop_event.is_set():
-            item = self.tracked_q.get(POLL_S)
-            if item is not None:
-                result, ms = self._timed(lambda: item.processor.render(item.tracked))
-                self._finish(item.captured, result, item.track_ms + ms)
+            with self.lock:  # set before the queue is emptied, so _retire never sees the frame in neither place
+                item = self.tracked_q.get(0)
+                self.rendering = None if item is None else item.processor
+            if item is None:
+                self.tracked_q.wait_nonempty(POLL_S)
+                continue
+            result, ms = self._timed(lambda: item.processor.render(item.tracked))
+            with self.lock:
+                self.rendering = None
+            self._finish(item.captured, result, item.track_ms + ms)
 
     def _timed(self, work: Callable[[], T]) -> tuple[T | FrameResult, float]:
         """Run one half (or all) of a frame; a failure becomes an error frame so the camera keeps running."""

@@ -7,7 +7,7 @@ exact stand-ins.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Mapping
 
 import numpy as np
@@ -17,6 +17,12 @@ from realtime.options import ProcessOptions
 K = 21
 #: c_s_lip at or above this means the source mouth is open, and lip_zero closes it (official 0.03)
 LIP_ZERO_THRESHOLD = 0.03
+
+#: the official `lip_array` (a 1x21x3 constant): the neutral expression that a single driving IMAGE is measured
+#: against. The spec lists its entries with |v| >= 1e-3; the smaller ones are taken as 0.
+LIP_ARRAY = np.zeros((K, 3), np.float32)
+LIP_ARRAY[7, 1], LIP_ARRAY[14, 1], LIP_ARRAY[17, 1] = 0.0026, -0.0018, -0.0012
+LIP_ARRAY[19, 1], LIP_ARRAY[19, 2], LIP_ARRAY[20, 1], LIP_ARRAY[20, 2] = -0.0151, -0.0025, 0.0056, 0.0027
 
 #: an MLP as a callable: its one input array (1, n) -> its raw output array (1, m)
 Mlp = Callable[[np.ndarray], np.ndarray]
@@ -131,6 +137,13 @@ class Motion:
     ) -> Motion:
         """A live driving frame's motion, with its 203-point ratios when landmarks were found."""
         return cls(R=info.R, exp=info.exp, scale=info.scale, t=info.t, eye_ratio=eye_ratio, lip_ratio=lip_ratio)
+
+
+def image_reference(drv: Motion) -> Motion:
+    """The reference for relative motion when the driver is ONE image (nothing to compare it with): the image's own
+    pose, scale and translation (so the source keeps its pose) and the neutral LIP_ARRAY expression, so that
+    exp_new = exp_s + (exp_d - lip_array), as the official pipeline does for a driving image."""
+    return replace(drv, exp=LIP_ARRAY.copy())
 
 
 def relative_motion(src: KpInfo, drv: Motion, ref: Motion) -> np.ndarray:

@@ -244,3 +244,14 @@ class Animator:
         self.nets.interrupt()
         for runner in self.faces.runners:
             runner.interrupt()
+
+
+def open_animator(models_dir: Path | None, backend: str) -> tuple[Animator, str]:
+    """The Animator of the user's models folder (resolved like every command does) on the backend chosen for
+    `backend` ("auto" included), with the sentence saying why that backend."""
+    from engines.select import choose_backend
+    from realtime.settings import resolve_models_dir
+
+    folder = resolve_models_dir(models_dir)
+    choice = choose_backend(backend, folder)
+    return Animator(folder, choice.name), choice.reason

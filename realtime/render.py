@@ -4,7 +4,7 @@ image folders, single images or motion templates, and the `render` / `template` 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -13,7 +13,7 @@ import numpy as np
 
 from realtime.crop import crop_box, driving_box
 from realtime.images import ImageInputError, load_image, to_rgb_uint8
-from realtime.motion import Motion
+from realtime.motion import Motion, image_reference
 from realtime.options import ProcessOptions
 from realtime.pipeline import NET_SIZE, Animator, DrivingFrame, SourcePortrait
 from realtime.templates import Template, load_template, save_template
@@ -32,7 +32,6 @@ class DrivingClip:
     a whole video in memory."""
 
     frames: Callable[[], Iterator[np.ndarray]]
-    count: int
     fps: float
 
 
@@ -53,15 +52,14 @@ def open_video(path: Path) -> DrivingClip:
     capture = cv2.VideoCapture(str(path))
     fps = capture.get(cv2.CAP_PROP_FPS) if capture.isOpened() else 0.0
     capture.release()
-    count = sum(1 for _ in _video_frames(path))
-    if count == 0:
+    if next(_video_frames(path), None) is None:
         raise DrivingInputError(f"{path} has no readable video frames; use an .mp4/.avi/.mov video, an image or a folder")
-    return DrivingClip(lambda: _video_frames(path), count, fps if 0 < fps < 1000 else DEFAULT_FPS)
+    return DrivingClip(lambda: _video_frames(path), fps if 0 < fps < 1000 else DEFAULT_FPS)
 
 
 def open_images(paths: Sequence[Path]) -> DrivingClip:
     """Still images as a clip, read lazily (each checked and converted to RGB uint8)."""
-    return DrivingClip(lambda: (load_image(p) for p in paths), len(paths), DEFAULT_FPS)
+    return DrivingClip(lambda: (load_image(p) for p in paths), DEFAULT_FPS)
 
 
 def open_driving(path: Path) -> DrivingClip | Template:
@@ -86,7 +84,7 @@ def array_clip(frames: Sequence[np.ndarray] | np.ndarray) -> DrivingClip:
     checked = [to_rgb_uint8(np.asarray(f)) for f in frames]
     if not checked:
         raise DrivingInputError("no driving frames were given")
-    return DrivingClip(lambda: iter(checked), len(checked), DEFAULT_FPS)
+    return DrivingClip(lambda: iter(checked), DEFAULT_FPS)
 
 
 def track_clip(animator: Animator, frames: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
@@ -138,9 +136,11 @@ def driving_motions(animator: Animator, driving: DrivingClip | Template) -> list
 def animate_frames(
     animator: Animator, src: SourcePortrait, motions: list[Motion], options: ProcessOptions
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(animated 512 crop, full frame) for each motion; relative motion is measured against the first one."""
+    """(animated 512 crop, full frame) for each motion; relative motion is measured against the first one, or for a
+    single driving image against the neutral expression (the official image rule)."""
+    reference = motions[0] if len(motions) > 1 else image_reference(motions[0])
     for motion in motions:
-        yield animator.render(src, animator.keypoints(src, motion, motions[0], options))
+        yield animator.render(src, animator.keypoints(src, motion, reference, options))
 
 
 def process(
@@ -240,9 +240,24 @@ def render(
 
 def make_template(animator: Animator, driving_path: Path, out: Path, overwrite: bool = False) -> int:
     """Extract a driving video's per-frame motion into a template file (the shared .npz format); returns frames."""
+    if Path(out).exists() and not overwrite:  # before the slow part
+        raise FileExistsError(f"{out} already exists; pass --force to replace it or choose another name")
     clip = open_driving(driving_path)
     if isinstance(clip, Template):
         raise DrivingInputError(f"{driving_path} is already a template; give a video, image or folder")
-    motions = driving_motions(animator, clip)
+    motions = held_ratios(driving_motions(animator, clip))
     save_template(out, motions, clip.fps, overwrite=overwrite)
     return len(motions)
+
+
+def held_ratios(motions: list[Motion]) -> list[Motion]:
+    """Frames where no face was seen get the eye/lip ratios of the nearest earlier (else later) frame that had
+    them, as the live path holds the last pose, so a template keeps ratios unless no frame ever had a face."""
+    known = [i for i, m in enumerate(motions) if m.eye_ratio is not None]
+    if not known:
+        return motions
+    held = []
+    for i, motion in enumerate(motions):
+        j = max((k for k in known if k <= i), default=known[0])
+        held.append(replace(motion, eye_ratio=motions[j].eye_ratio, lip_ratio=motions[j].lip_ratio))
+    return held

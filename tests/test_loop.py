@@ -313,3 +313,46 @@ def test_pipelined_processor_on_the_cpu_runs_its_halves_one_after_the_other() ->
     processor, sink, overlaps = _run_halves(overlap=False)
     assert overlaps == [] and processor.frames == len(processor.spans["render"])
     assert all(f.result.status.startswith("frame ") for f in sink.frames)
+
+
+def test_a_burst_of_option_changes_applies_only_the_last() -> None:
+    class Counting(FakeProcessor):
+        def __init__(self) -> None:
+            super().__init__(delay_s=0.02)
+            self.applied: list[ProcessOptions] = []
+
+        def set_options(self, options: ProcessOptions, smoothing: float, lock_scale: bool) -> None:
+            super().set_options(options, smoothing, lock_scale)
+            self.applied.append(options)
+
+    processor = Counting()
+    loop = LiveLoop(processor, SyntheticCamera(0.002), [])
+    loop.start()
+    try:
+        wait_for(lambda: processor.frames >= 1)
+        burst = [ProcessOptions(scale=1.0 + i / 100) for i in range(50)]  # a dragged slider
+        for options in burst:
+            loop.set_options(options, 0.0, False)
+        wait_for(lambda: processor.options is burst[-1])
+    finally:
+        loop.stop()
+    assert processor.applied[-1] is burst[-1] and len(processor.applied) < 10
+
+
+def test_a_replaced_processor_is_closed_only_after_its_last_frame_is_rendered() -> None:
+    class Closing(TwoHalves):
+        def close(self) -> None:
+            self.closed_at = time.monotonic()
+            super().close()
+
+    old, new = Closing(0.05, overlap=True), TwoHalves(0.001, overlap=True)
+    loop = LiveLoop(old, SyntheticCamera(0.002), [])
+    loop.start()
+    try:
+        wait_for(lambda: len(old.spans["render"]) >= 2)
+        loop.set_processor(new).result(5)
+        wait_for(lambda: len(new.spans["render"]) >= 2)
+    finally:
+        loop.stop()
+    assert old.closed
+    assert all(end <= old.closed_at for _, _, end in old.spans["render"])

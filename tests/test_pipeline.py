@@ -180,3 +180,18 @@ def test_bad_sources_get_clear_errors(animator: Animator) -> None:
         process([np.zeros((1, 1, 3), np.uint8)], [np.zeros((64, 64, 3), np.uint8)], ProcessOptions(), animator)
     with pytest.raises(ValueError, match="dsize must be between 64 and 2048"):
         ProcessOptions(dsize=4096)
+
+
+def test_a_single_driving_image_copies_its_expression_relative_to_the_neutral_lip_array(
+    animator: Animator, source, drive_frames
+) -> None:
+    from realtime.motion import LIP_ARRAY, image_reference, transform_kp
+
+    (frame,) = driving_frames(animator, array_clip(drive_frames[2:3]))
+    drv = animator.driving_motion(frame)
+    x_d = animator.keypoints(source, drv, image_reference(drv), PLAIN)
+    info = source.info
+    expected = transform_kp(info.kp, info.R, info.exp + drv.exp - LIP_ARRAY, info.scale, info.t)  # source pose kept
+    np.testing.assert_allclose(x_d, expected, atol=1e-5)
+    assert np.abs(x_d - source.x_s).max() > 1e-4  # the image's expression arrives; the old code left it still
+    assert LIP_ARRAY[19, 1] == np.float32(-0.0151) and np.count_nonzero(LIP_ARRAY) == 7

@@ -193,3 +193,28 @@ def test_the_cpu_runtime_needs_neither_torch_nor_onnx(reduced_models: Path, medi
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith(f"wrote {out}: 1 frames in ")
+
+
+def test_template_refuses_an_existing_file_before_any_work(
+    reduced_models: Path, short_video: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "mine.npz"
+    out.write_bytes(b"the user's file")
+    code, _, err = _run(["--models", str(reduced_models), "--backend", "cpu", "template",
+                         "--driving", str(short_video), "--out", str(out)], capsys)  # options before the command
+    assert code == 1 and err == f"error: {out} already exists; pass --force to replace it or choose another name\n"
+    assert out.read_bytes() == b"the user's file"
+
+
+def test_frames_without_a_face_hold_the_nearest_ratios() -> None:
+    from realtime.motion import Motion
+    from realtime.render import held_ratios
+
+    def motion(eye: float | None) -> Motion:
+        ratios = {} if eye is None else {"eye_ratio": np.array([eye, eye]), "lip_ratio": np.array([eye / 2])}
+        return Motion(R=np.eye(3), exp=np.zeros((21, 3)), scale=1.0, t=np.zeros(3), **ratios)
+
+    held = held_ratios([motion(None), motion(0.3), motion(None), motion(0.2), motion(None)])
+    assert [m.eye_ratio[0] for m in held] == [0.3, 0.3, 0.3, 0.2, 0.2]
+    assert [m.lip_ratio[0] for m in held] == [0.15, 0.15, 0.15, 0.1, 0.1]
+    assert held_ratios([motion(None)])[0].eye_ratio is None
