@@ -34,7 +34,10 @@ class FrameSource(Protocol):
 
 
 class CameraSource:
-    """A webcam through cv2.VideoCapture, with the requested resolution and fps (the driver may pick others)."""
+    """A webcam through cv2.VideoCapture, with the requested resolution and fps (the driver may pick others).
+
+    The device is opened by the first read(), on the capture thread after it closed the previous source: opening
+    it here, while the loop still holds the same webcam (a new resolution), would find it busy."""
 
     def __init__(self, index: int, width: int = 640, height: int = 480, fps: float = 30.0) -> None:
         self.index, self.width, self.height = index, width, height
@@ -42,7 +45,6 @@ class CameraSource:
         self.status = ""
         self.cap: cv2.VideoCapture | None = None
         self.next_open = 0.0
-        self._open()
 
     def _open(self) -> None:
         self.next_open = time.monotonic() + REOPEN_EVERY_S

@@ -51,9 +51,15 @@ def make_window(qtbot, tmp_path: Path, video: str):
         )
         qtbot.addWidget(window)
         window.show()
+        loaded(qtbot, window)
         return window
 
     return make
+
+
+def loaded(qtbot, window: MainWindow) -> None:
+    """Wait for the models to load (on their worker thread) or fail."""
+    qtbot.waitUntil(window.device_combo.isEnabled, timeout=WAIT_MS)
 
 
 def flowing(qtbot, window: MainWindow, more: int = 3) -> None:
@@ -85,6 +91,8 @@ def test_every_control_reaches_the_processor(qtbot, make_window, media_dir: Path
     qtbot.waitUntil(lambda: processor.recalibrations == 1, timeout=WAIT_MS)
     # another device builds a new processor that gets the same options and portrait
     window.device_combo.setCurrentText("cuda")
+    assert not window.device_combo.isEnabled()  # loading: the window stays live meanwhile
+    loaded(qtbot, window)
     cuda = factory.made[-1]
     qtbot.waitUntil(lambda: cuda.frames > 2, timeout=WAIT_MS)
     assert cuda.backend == "fake cuda" and window.backend_label.text() == "processor: fake cuda"
@@ -154,7 +162,8 @@ def test_missing_models_message_and_camera_still_runs(qtbot, make_window, tmp_pa
 
 
 def test_camera_problems_are_messages(qtbot, make_window, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    window = make_window(camera="97")
+    window = make_window(camera="97")  # the capture thread opens it, and the readout shows what happened
+    qtbot.waitUntil(lambda: "camera_status" in window.messages, timeout=WAIT_MS)
     assert window.messages["camera_status"].startswith("no camera at index 97 (unplugged or used by another app)")
     window.open_camera(str(tmp_path / "gone.mp4"))
     assert window.messages["camera"].startswith(f"video file {tmp_path / 'gone.mp4'} does not exist")
@@ -162,6 +171,7 @@ def test_camera_problems_are_messages(qtbot, make_window, monkeypatch: pytest.Mo
     (tmp_path / "config").mkdir(exist_ok=True)
     window2 = MainWindow(Factory(), None, "cpu", tmp_path / "config" / "other.json")
     qtbot.addWidget(window2)
+    loaded(qtbot, window2)
     assert window2.messages["camera"].startswith("No camera found: plug in a webcam and click Refresh")
     assert window2.messages["models"].startswith("No models configured: showing a demo.")
 

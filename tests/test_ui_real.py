@@ -27,6 +27,7 @@ def test_real_processor_streams_switches_portrait_and_closes(
         settings_path=tmp_path / "settings.json",
     )
     qtbot.addWidget(window)
+    qtbot.waitUntil(lambda: window.processor is not None, timeout=WAIT_MS)  # loaded on a worker thread
     assert isinstance(window.processor, LiveProcessor)
     assert window.backend_label.text() == "processor: onnxruntime-cpu (ONNX Runtime on the CPU, as asked.)"
     assert window.messages == {}

@@ -82,6 +82,7 @@ class _Bridge(QObject):
 
     frame = Signal()
     source_done = Signal(str, str)  # portrait path, error message ("" on success)
+    processor_ready = Signal(object, str)  # the new processor or the exception that stopped it, its backend
 
 
 class MainWindow(QMainWindow):
@@ -120,6 +121,9 @@ class MainWindow(QMainWindow):
         self.bridge = _Bridge()
         self.bridge.frame.connect(self._on_frame)
         self.bridge.source_done.connect(self._on_source_done)
+        self.bridge.processor_ready.connect(self._on_processor_ready)
+        self.loaded_backend = ""  # the backend of self.processor; the device combo returns to it when a load fails
+        self.closing = False
         self.option_widgets: dict[str, QWidget] = {}
 
         self._build(backend)
@@ -299,37 +303,50 @@ class MainWindow(QMainWindow):
         self.banner.setVisible(bool(self.messages))
 
     # -- processor ----------------------------------------------------------------------------------------------
-    def _load_processor(self, backend: str) -> FrameProcessor | None:
-        self.setCursor(Qt.CursorShape.WaitCursor)
-        try:
-            processor = self.factory(self.models_dir, backend)
-        except Exception as exc:  # ModelLoadError, ModelsMissingError, a broken install: shown, the camera still runs
-            self.set_message("models", f"Models not loaded: {load_error_message(exc)}")
+    def _load_processor(self, backend: str) -> None:
+        """Open the models on a worker thread: a first TensorRT start builds engines for minutes, and the window
+        (and the camera preview) must stay live meanwhile. The result arrives in _on_processor_ready."""
+        self.device_combo.setEnabled(False)
+        self.backend_label.setText(f"processor: loading the models for {backend}...")
+
+        def load() -> None:
+            try:
+                result: object = self.factory(self.models_dir, backend)
+            except Exception as exc:  # ModelLoadError, ModelsMissingError, a broken install: shown in the window
+                result = exc
+            self.bridge.processor_ready.emit(result, backend)
+
+        threading.Thread(target=load, name="load-models", daemon=True).start()
+
+    def _on_processor_ready(self, result: object, backend: str) -> None:
+        self.device_combo.setEnabled(True)
+        if self.closing:  # the window closed while the models loaded
+            if not isinstance(result, Exception):
+                result.close()  # type: ignore[attr-defined]
+            return
+        if isinstance(result, Exception):
+            self.set_message("models", f"Models not loaded: {load_error_message(result)}")
             if self.processor is None:
                 self.backend_label.setText("processor: none (the camera preview still runs)")
-            return None
-        finally:
-            self.unsetCursor()
-        if self.models_dir is None:
-            self.set_message(
-                "models", f"No models configured: showing a demo. To animate for real run: {DOWNLOAD_COMMAND}"
-            )
-        else:
-            self.set_message("models", None)
-        self.processor = processor
-        self.backend_label.setText(f"processor: {processor.backend}")
-        return processor
-
-    def _on_device_changed(self, backend: str) -> None:
-        old = self.processor
-        processor = self._load_processor(backend)
-        if processor is None:
+            else:
+                self.backend_label.setText(f"processor: {self.processor.backend}")
+            self.device_combo.blockSignals(True)  # back to the backend that still runs, without reloading it
+            self.device_combo.setCurrentText(self.loaded_backend or backend)
+            self.device_combo.blockSignals(False)
             return
+        processor: FrameProcessor = result  # type: ignore[assignment]
+        demo = f"No models configured: showing a demo. To animate for real run: {DOWNLOAD_COMMAND}"
+        self.set_message("models", demo if self.models_dir is None else None)
+        old, self.processor, self.loaded_backend = self.processor, processor, backend
+        self.backend_label.setText(f"processor: {processor.backend}")
         if self.loop is not None:
             self._watch_source(self.loop.set_processor(processor), "")  # the loop closes the old one
             self._push_options()
         elif old is not None:
             old.close()
+
+    def _on_device_changed(self, backend: str) -> None:
+        self._load_processor(backend)
 
     def current_options(self) -> ProcessOptions:
         values = {}
@@ -532,7 +549,11 @@ class MainWindow(QMainWindow):
 
     # -- shutdown -----------------------------------------------------------------------------------------------
     def shutdown(self) -> bool:
-        """Stop every thread (within 2 s), close the outputs and save the settings. True if all threads joined."""
+        """Stop every thread (within 2 s), close the outputs and save the settings. True if all threads joined.
+        Closing twice (closeEvent, then run_app) does nothing the second time."""
+        if self.closing:
+            return True
+        self.closing = True
         self.readout_timer.stop()
         joined = self.loop.stop(2.0) if self.loop is not None else True  # closes the processor too
         if self.loop is None and self.processor is not None:
