@@ -290,6 +290,7 @@ class LiveLoop:
     def add_sink(self, sink: Sink) -> None:
         with self.lock:
             self.sinks = [*self.sinks, sink]
+            self.stats_.sink_error = ""  # a new output starts with a clean slate
 
     def remove_sink(self, sink: Sink) -> None:
         """Detach and close a sink (after the output thread finishes its current send)."""

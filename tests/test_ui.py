@@ -250,3 +250,21 @@ def test_command_line_options_and_virtual_camera_start_with_the_window(qtbot, ma
     assert window.vcam is not None and window.vcam_check.isChecked()
     qtbot.waitUntil(lambda: factory.made[0].options == options, timeout=WAIT_MS)
     qtbot.waitUntil(lambda: len(window.vcam.cam.sent) >= 1, timeout=WAIT_MS)
+
+
+def test_a_recording_that_fails_is_switched_off_in_the_window(qtbot, make_window, media_dir: Path, tmp_path: Path) -> None:
+    window = make_window()
+    window.load_portrait(media_dir / "portraits" / "s0.jpg")
+    flowing(qtbot, window)
+    window.start_recording(tmp_path / "out.mp4")
+    recorder = window.recorder
+
+    def disk_full(frame: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    recorder.send = disk_full
+    qtbot.waitUntil(lambda: window.recorder is None, timeout=WAIT_MS)
+    assert window.record_button.text() == "Record to file..."
+    assert window.record_status.text().startswith("stopped after ") and "No space left on device" in window.record_status.text()
+    assert "No space left on device" in window.messages["outputs"]
+    flowing(qtbot, window)  # the preview goes on

@@ -546,6 +546,15 @@ class MainWindow(QMainWindow):
         self.readout.setText(stats.line())
         self.set_message("camera_status", stats.camera_status or None)
         self.set_message("outputs", stats.sink_error or None)
+        # an output the loop dropped after an error (disk full, device gone) is switched off here too
+        if self.recorder is not None and self.recorder not in self.loop.sinks:
+            self.record_status.setText(f"stopped after {self.recorder.frames} frames: {stats.sink_error}")
+            self.recorder = None
+            self.record_button.setText("Record to file...")
+        if self.vcam is not None and self.vcam not in self.loop.sinks:
+            self.vcam = None
+            self.vcam_status.setText("stopped")
+            self.vcam_check.setChecked(False)
 
     # -- shutdown -----------------------------------------------------------------------------------------------
     def shutdown(self) -> bool:
