@@ -16,6 +16,7 @@ from realtime.images import ImageInputError, load_image, to_rgb_uint8
 from realtime.motion import Motion, image_reference
 from realtime.options import ProcessOptions
 from realtime.pipeline import NET_SIZE, Animator, DrivingFrame, SourcePortrait
+from realtime.record import VideoFile, refuse_existing
 from realtime.templates import Template, load_template, save_template
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -169,31 +170,6 @@ def process(
     return np.stack(crops), np.stack(fulls) if same_size else fulls
 
 
-class VideoSink:
-    """An mp4 file written frame by frame; refuses to replace an existing file unless asked to."""
-
-    def __init__(self, path: Path, fps: float, overwrite: bool = False) -> None:
-        self.path = Path(path)
-        if self.path.exists() and not overwrite:
-            raise FileExistsError(f"{self.path} already exists; pass --force to replace it or choose another name")
-        if not self.path.parent.is_dir():
-            raise FileNotFoundError(f"folder {self.path.parent} does not exist; create it or choose another --out")
-        self.fps = fps
-        self.writer: cv2.VideoWriter | None = None
-
-    def write(self, frame_rgb: np.ndarray) -> None:
-        if self.writer is None:
-            h, w = frame_rgb.shape[:2]
-            self.writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h))
-            if not self.writer.isOpened():
-                raise OSError(f"cannot write video {self.path}; check the folder is writable and the name ends in .mp4")
-        self.writer.write(cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2BGR))
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.release()
-
-
 @dataclass
 class RenderReport:
     frames: int
@@ -220,7 +196,7 @@ def render(
 ) -> RenderReport:
     """Animate one portrait with a driving input into a full-frame video (and optionally the crops)."""
     driving = open_driving(driving_path)
-    sinks = [VideoSink(out, driving.fps, overwrite)] + ([VideoSink(crop_out, driving.fps, overwrite)] if crop_out else [])
+    sinks = [VideoFile(out, driving.fps, overwrite)] + ([VideoFile(crop_out, driving.fps, overwrite)] if crop_out else [])
     src = animator.prepare_source(load_image(source_path), options)  # no face: fail before any slow work
     animator.timer.reset()
     start = time.perf_counter()
@@ -240,8 +216,7 @@ def render(
 
 def make_template(animator: Animator, driving_path: Path, out: Path, overwrite: bool = False) -> int:
     """Extract a driving video's per-frame motion into a template file (the shared .npz format); returns frames."""
-    if Path(out).exists() and not overwrite:  # before the slow part
-        raise FileExistsError(f"{out} already exists; pass --force to replace it or choose another name")
+    refuse_existing(out, overwrite)  # before the slow part
     clip = open_driving(driving_path)
     if isinstance(clip, Template):
         raise DrivingInputError(f"{driving_path} is already a template; give a video, image or folder")

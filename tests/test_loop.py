@@ -205,7 +205,7 @@ def test_run_headless_with_fake_vcam_and_recording(tmp_path: Path) -> None:
     assert cap.get(cv2.CAP_PROP_FRAME_WIDTH) == 40 and cap.get(cv2.CAP_PROP_FRAME_HEIGHT) == 60
     assert cap.get(cv2.CAP_PROP_FRAME_COUNT) >= 30
     cap.release()
-    with pytest.raises(RecordExistsError, match=r"rec.mp4 already exists; choose another file name"):
+    with pytest.raises(RecordExistsError, match=r"rec.mp4 already exists; choose another name, or allow replacing it"):
         Recorder(out)
 
 

@@ -72,7 +72,7 @@ def test_render_from_a_template_writes_full_frames_and_crops(
 
     before = out.stat().st_mtime_ns
     code, _, err = _run(args, capsys)
-    assert code == 1 and err == f"error: {out} already exists; pass --force to replace it or choose another name\n"
+    assert code == 1 and err == f"error: {out} already exists; choose another name, or allow replacing it (--force on the command line)\n"
     assert out.stat().st_mtime_ns == before
 
 
@@ -202,7 +202,7 @@ def test_template_refuses_an_existing_file_before_any_work(
     out.write_bytes(b"the user's file")
     code, _, err = _run(["--models", str(reduced_models), "--backend", "cpu", "template",
                          "--driving", str(short_video), "--out", str(out)], capsys)  # options before the command
-    assert code == 1 and err == f"error: {out} already exists; pass --force to replace it or choose another name\n"
+    assert code == 1 and err == f"error: {out} already exists; choose another name, or allow replacing it (--force on the command line)\n"
     assert out.read_bytes() == b"the user's file"
 
 

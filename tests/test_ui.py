@@ -207,7 +207,7 @@ def test_recording_never_overwrites_silently(qtbot, make_window, media_dir: Path
     assert out.stat().st_size > 0 and window.record_status.text().startswith("saved ")
     window.start_recording(out)
     assert window.recorder is None
-    assert window.messages["record"] == f"{out} already exists; choose another file name or allow overwriting it"
+    assert window.messages["record"] == f"{out} already exists; choose another name, or allow replacing it (--force on the command line)"
 
 
 def test_close_stops_every_thread(qtbot, make_window) -> None:
