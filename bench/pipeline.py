@@ -159,7 +159,7 @@ def _driving_motions(animator: Animator, path: Path, count: int) -> Iterator[Mot
         return
     for frame, lmk in track_clip(animator, islice(_looped(driving.frames), count)):
         box = None if lmk is None else driving_box(lmk)
-        yield animator.driving_motion(DrivingFrame(net_input(frame, box), lmk, box))
+        yield animator.driving_motion(DrivingFrame(net_input(frame, box), lmk))
 
 
 def measure(animator: Animator, source: Path, driving: Path, frames: int) -> PipelineBench:

@@ -149,21 +149,6 @@ def crop_box(img: np.ndarray, box: np.ndarray, pts: np.ndarray, dsize: int = 512
     return _crop_info(img, pts, box_o2c(box, dsize), dsize, cv2.INTER_LINEAR)
 
 
-def crop_driving(
-    img: np.ndarray,
-    lmk203: np.ndarray,
-    scale: float = 2.2,
-    vx_ratio: float = 0.0,
-    vy_ratio: float = -0.1,
-    smoother: "BoxSmoother | None" = None,
-) -> CropInfo:
-    """The driving crop: the square box of `driving_box`, smoothed causally when a smoother is given."""
-    box = driving_box(lmk203, scale, vx_ratio, vy_ratio)
-    if smoother is not None:
-        box = smoother.update(box)
-    return crop_box(img, box, lmk203)
-
-
 class BoxSmoother:
     """Causal exponential smoothing of the driving box centre and size.
 

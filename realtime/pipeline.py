@@ -127,7 +127,6 @@ class DrivingFrame:
 
     img_256: np.ndarray
     lmk203: np.ndarray | None
-    face_box: np.ndarray | None
 
 
 def _limit_transform(shape: tuple[int, ...], limited_shape: tuple[int, ...]) -> np.ndarray:
@@ -199,7 +198,7 @@ class Animator:
         TensorRT the box is cut on the GPU straight into the motion extractor (one 256 sampling instead of the
         host path's 512 crop and resize)."""
         if self.renderer is None:
-            return self.driving_motion(DrivingFrame(crop_box(frame, box, lmk203).img_256, lmk203, box))
+            return self.driving_motion(DrivingFrame(crop_box(frame, box, lmk203).img_256, lmk203))
         with self.timer("motion"):
             info = kp_info_from_outputs(self.renderer.motion(frame, box_o2c(box, NET_SIZE)))
         return Motion.from_kp_info(info, eye_ratio(lmk203), lip_ratio(lmk203))

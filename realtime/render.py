@@ -124,7 +124,7 @@ def driving_frames(animator: Animator, clip: DrivingClip) -> Iterator[DrivingFra
     boxes = [driving_box(lmk) for lmk in landmarks if lmk is not None]
     mean_box = np.mean(boxes, axis=0) if boxes else None
     for frame, lmk in zip(clip.frames(), landmarks):
-        yield DrivingFrame(net_input(frame, mean_box), lmk, None if lmk is None else driving_box(lmk))
+        yield DrivingFrame(net_input(frame, mean_box), lmk)
 
 
 def driving_motions(animator: Animator, driving: DrivingClip | Template) -> list[Motion]:

@@ -8,7 +8,6 @@ from realtime.crop import (
     BoxSmoother,
     LandmarkError,
     crop_box,
-    crop_driving,
     crop_image,
     crop_source,
     crop_transform,
@@ -131,7 +130,7 @@ def test_driving_box_is_an_upright_square_around_the_rotated_centre() -> None:
     box = driving_box(_rotate(pts, theta), scale=2.2, vy_ratio=-0.1)
     centre, size, _ = parse_rect_from_landmark(_rotate(pts, theta), 2.2, 0.0, -0.1)
     np.testing.assert_allclose(box, [*(centre - size / 2), *(centre + size / 2)])
-    info = crop_driving(np.zeros((200, 200, 3), np.uint8), _rotate(pts, theta) + 50)
+    info = crop_box(np.zeros((200, 200, 3), np.uint8), driving_box(_rotate(pts, theta) + 50), pts)
     assert info.img.shape == (512, 512, 3) and info.img_256.shape == (256, 256, 3)
     assert info.M_o2c[0, 1] == 0.0 and info.M_o2c[1, 0] == 0.0
 

@@ -161,7 +161,7 @@ def test_smoothing_zero_passes_raw_motion_and_smoothing_filters_it(
     def raw(frame: np.ndarray) -> Motion:
         lmk = processor.lmk203
         box = boxes.update(driving_box(lmk))
-        return processor.animator.driving_motion(DrivingFrame(crop_box(frame, box, lmk).img_256, lmk, box))
+        return processor.animator.driving_motion(DrivingFrame(crop_box(frame, box, lmk).img_256, lmk))
 
     for frame in frames[:3]:
         processor.process(frame)

@@ -146,7 +146,7 @@ def test_portrait_without_face_shows_message(qtbot, make_window, tmp_path: Path)
         "Portrait not usable (flat.png): no face found in the portrait: choose a photo with one clearly visible face"
     )
     window.load_portrait(tmp_path / "missing.jpg")
-    assert window.messages["portrait"] == f"Cannot read the portrait {tmp_path / 'missing.jpg'}: choose a .jpg or .png image"
+    assert window.messages["portrait"] == f"Cannot use the portrait: image file {tmp_path / 'missing.jpg'} does not exist; check the path"
     flowing(qtbot, window)
 
 

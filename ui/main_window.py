@@ -38,11 +38,12 @@ from PySide6.QtWidgets import (
 )
 
 from realtime.camera import CameraError, FrameSource, list_cameras, open_camera
+from realtime.images import ImageInputError, load_image
 from realtime.live_api import BACKENDS, DOWNLOAD_COMMAND, FrameProcessor, ProcessorFactory, load_error_message
 from realtime.loop import CallbackSink, LiveFrame, LiveLoop
 from realtime.options import OPTION_RANGES, ProcessOptions
 from realtime.record import Recorder, RecordError
-from realtime.vcam import CameraBackend, VirtualCamSink, VirtualCameraUnavailable
+from realtime.vcam import CameraBackend, VirtualCameraUnavailable, VirtualCamSink
 from ui.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -68,13 +69,6 @@ def to_pixmap(image_rgb: np.ndarray, size: QSize) -> QPixmap:
     h, w = image.shape[:2]
     qimage = QImage(image.data, w, h, 3 * w, QImage.Format.Format_RGB888).copy()  # copy: numpy owns the bytes
     return QPixmap.fromImage(qimage).scaled(size, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation)
-
-
-def read_portrait(path: Path) -> np.ndarray | None:
-    """The image file as RGB uint8, or None when it cannot be decoded."""
-    data = np.fromfile(str(path), np.uint8) if Path(path).is_file() else np.empty(0, np.uint8)
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 class _Bridge(QObject):
@@ -423,9 +417,10 @@ class MainWindow(QMainWindow):
 
     def load_portrait(self, path: Path) -> None:
         """Decode a portrait and hand it to the processor; errors (e.g. no face) appear in the banner."""
-        image = read_portrait(path)
-        if image is None:
-            self.set_message("portrait", f"Cannot read the portrait {path}: choose a .jpg or .png image")
+        try:
+            image = load_image(path)
+        except ImageInputError as exc:  # missing, undecodable, too small: say so, keep the current portrait
+            self.set_message("portrait", f"Cannot use the portrait: {exc}")
             return
         self.portrait_image = image
         if self.loop is not None:
