@@ -1,4 +1,5 @@
-"""Where the user's models folder is: command line, then $LIVEPORTRAIT_MODELS, then the saved setting, then ./models.
+"""Where the user's models folder is: command line, then $LIVEPORTRAIT_MODELS, then the saved setting (the last
+folder given with --models), then ./models.
 
 The settings file lives in the user's config folder ($LIVEPORTRAIT_CONFIG_DIR overrides it, which tests use).
 """
@@ -56,6 +57,8 @@ def resolve_models_dir(cli_value: Path | None = None) -> Path:
                 raise ModelsMissingError(
                     f"models folder {folder} (from {origin}) lacks {', '.join(missing)}; create it with: {DOWNLOAD_COMMAND}"
                 )
+            if origin == "--models":  # remembered, so the next start (the app without arguments) finds it
+                save_settings(models_dir=str(folder.resolve()))
             return folder
     default = Path("models")
     if default.is_dir() and not missing_models(default):

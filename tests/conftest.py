@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# the app's settings (remembered models folder, recent portraits) go to a throw-away folder, never the user's
+os.environ["LIVEPORTRAIT_CONFIG_DIR"] = tempfile.mkdtemp(prefix="liveportrait-config-")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LIVEPORTRAIT_SHARED", REPO.parent / "shared"))

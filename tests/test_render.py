@@ -218,3 +218,18 @@ def test_frames_without_a_face_hold_the_nearest_ratios() -> None:
     assert [m.eye_ratio[0] for m in held] == [0.3, 0.3, 0.3, 0.2, 0.2]
     assert [m.lip_ratio[0] for m in held] == [0.15, 0.15, 0.15, 0.1, 0.1]
     assert held_ratios([motion(None)])[0].eye_ratio is None
+
+
+def test_a_models_folder_given_once_is_remembered(
+    reduced_models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from realtime.live_api import ModelsMissingError
+    from realtime.settings import resolve_models_dir
+
+    monkeypatch.setenv("LIVEPORTRAIT_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.delenv("LIVEPORTRAIT_MODELS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelsMissingError):
+        resolve_models_dir(None)
+    assert resolve_models_dir(reduced_models) == reduced_models
+    assert resolve_models_dir(None) == reduced_models.resolve()  # the next start without --models

@@ -228,6 +228,9 @@ def test_settings_file_survives_damage_and_prunes_missing(tmp_path: Path, media_
     path.write_text(json.dumps({"recent_portraits": [str(tmp_path / "gone.jpg"), kept], "fps": 15, "extra": 1}))
     loaded = Settings.load(path)
     assert loaded.recent_portraits == [kept] and loaded.fps == 15
+    path.write_text(json.dumps({"fps": "30", "smoothing": 1, "lock_scale": "yes", "camera": "1"}))  # hand-edited
+    loaded = Settings.load(path)
+    assert (loaded.fps, loaded.smoothing, loaded.lock_scale, loaded.camera) == (Settings().fps, 1, False, "1")
 
 
 def test_screenshot_grabs_the_running_window(qtbot, tmp_path: Path, media_dir: Path) -> None:

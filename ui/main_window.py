@@ -44,7 +44,7 @@ from realtime.loop import CallbackSink, LiveFrame, LiveLoop
 from realtime.options import OPTION_RANGES, ProcessOptions
 from realtime.record import Recorder, RecordError
 from realtime.vcam import CameraBackend, VirtualCameraUnavailable, VirtualCamSink
-from ui.settings import Settings
+from ui.settings import Settings, same_kind
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +223,8 @@ class MainWindow(QMainWindow):
     def _options_group(self, backend: str) -> QGroupBox:
         group = QGroupBox("Animation")
         form = QFormLayout(group)
-        saved = {**ProcessOptions().__dict__, **self.settings.options}
+        defaults = ProcessOptions().__dict__
+        saved = defaults | {k: v for k, v in self.settings.options.items() if k in defaults and same_kind(v, defaults[k])}
         for f in fields(ProcessOptions):
             if f.name == "onnx_device":
                 continue  # chosen with the device combo below: changing it reloads the models

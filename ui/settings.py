@@ -38,8 +38,12 @@ class Settings:
         """The saved settings, or defaults when the file is absent or unreadable (a broken file must not stop the app)."""
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
-            known = {f.name for f in fields(cls)}
-            settings = cls(**{k: v for k, v in data.items() if k in known})
+            defaults = cls()
+            # a hand-edited value of the wrong type (e.g. "fps": "30") falls back to its default, key by key
+            settings = cls(**{
+                f.name: data[f.name] for f in fields(cls)
+                if f.name in data and same_kind(data[f.name], getattr(defaults, f.name))
+            })
         except FileNotFoundError:
             return cls()
         except (OSError, ValueError, TypeError) as exc:
@@ -57,3 +61,12 @@ class Settings:
         """Put `portrait` first in the recent list, without duplicates."""
         text = str(Path(portrait).resolve())
         self.recent_portraits = [text, *(p for p in self.recent_portraits if p != text)][:MAX_RECENT]
+
+
+def same_kind(value: object, default: object) -> bool:
+    """True when a loaded value can stand where the default stands (an int is fine for a float)."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        return type(value) is type(default)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(default))
