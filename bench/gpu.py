@@ -1,13 +1,14 @@
-"""GPU benchmark: per-engine milliseconds, end-to-end fps and latency for TensorRT FP16, TensorRT FP32 and
-ONNX Runtime CUDA, in one run.
+"""GPU benchmark: per-engine milliseconds for TensorRT FP16, TensorRT FP32 and ONNX Runtime CUDA, and the live
+app's end-to-end fps and latency, in one run.
 
-`python -m bench.gpu --models DIR [--frames N] [--backends trt-fp16,trt-fp32,ort-cuda]`
+`python -m bench.gpu --models DIR [--frames N] [--backends trt-fp16,trt-fp32,ort-cuda] [--source IMG] [--driving VIDEO]`
 
-One "frame" is the per-frame work of the live app: motion extractor on the driving crop, warping module with the
-source feature volume (computed once) and keypoints, generator, image back to the host. Keypoints are taken
-straight from the motion extractor's `kp` output: the host-side math is microseconds and is not what is measured.
-TensorRT keeps the warp -> decode hand-over on the GPU; "pipelined" overlaps the motion extractor of frame n+1
-with warp + decode of frame n on two CUDA streams.
+End to end is what the live app does per camera frame, through realtime.live.LiveProcessor on a real portrait
+and real driving frames (decoded beforehand, so video decoding is not timed): detection, landmark tracking,
+motion extraction, keypoint math, warp, decode and paste-back. "sequential" is process() frame after frame (its
+latency is the frame's); "overlapped" runs track() of frame n+1 beside render() of frame n on two threads, as the
+live loop does on GPU backends. The app builds its TensorRT engines in FP16, so trt-fp32 gets per-engine numbers
+only.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import argparse
 import statistics
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,11 +25,15 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import numpy as np
 
+from bench.pipeline import DEFAULT_DRIVING, DEFAULT_SOURCE, media_default
 from engines.base import ModelLoadError, Runner
-from engines.trt import CudaRuntime, DeviceArray, TrtRunner, TwoStreamPipeline, gpu_info
+from engines.trt import gpu_info
 from export.layout import NETWORK_ONNX
+from realtime.live_api import FrameResult, PipelinedProcessor
 
 BACKEND_NAMES = ("trt-fp16", "trt-fp32", "ort-cuda")
+#: the app backend each benchmark backend's end-to-end numbers come from (the app's TensorRT engines are FP16)
+APP_BACKENDS = {"trt-fp16": "tensorrt", "ort-cuda": "cuda"}
 NETWORKS = ("appearance_feature_extractor", "motion_extractor", "warping_module", "spade_generator")
 WARMUP = 10
 
@@ -62,48 +68,59 @@ def open_runners(backend: str, models: Path, engines: Path) -> dict[str, Runner]
     return {n: open_trt_runner(models / NETWORK_ONNX[n], engines, precision) for n in NETWORKS}
 
 
-def frame_functions(runners: dict[str, Runner], rng: np.random.Generator) -> tuple[Callable[[], Any], ...]:
-    """(one frame end to end, extract(frame, stream), render(motion, stream)) over the same inputs."""
-    motion, warp, decode = runners["motion_extractor"], runners["warping_module"], runners["spade_generator"]
-    appearance = runners["appearance_feature_extractor"]
-    source = random_feeds(appearance, rng)
-    feature_3d: Any
-    if isinstance(appearance, TrtRunner):  # stays on the GPU: computed once per source, read every frame
-        feature_3d = next(iter(appearance.enqueue(source).values()))
-        appearance.fetch([])  # fetch nothing: only wait until it is computed
-    else:
-        feature_3d = next(iter(appearance.infer(source).values()))
-    kp_source = motion.infer(random_feeds(motion, rng))["kp"].reshape(1, -1, 3)
-    driving = random_feeds(motion, rng)
-    names = [s.name for s in warp.inputs]  # feature_3d, kp_driving, kp_source in graph order
+def load_frames(video: Path, count: int) -> list[np.ndarray]:
+    """Up to `count` RGB frames of a video, decoded before any timing."""
+    import cv2
 
-    def warp_feeds(kp: np.ndarray) -> dict[str, Any]:
-        return {names[0]: feature_3d, names[1]: kp.reshape(1, -1, 3), names[2]: kp_source}
+    capture = cv2.VideoCapture(str(video))
+    frames = []
+    try:
+        while len(frames) < count:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+    finally:
+        capture.release()
+    if not frames:
+        raise ValueError(f"no frames could be read from {video}; pass --driving with a video OpenCV can decode")
+    return frames
 
-    def one_frame() -> np.ndarray:
-        kp = motion.infer(driving)["kp"]
-        if isinstance(warp, TrtRunner) and isinstance(decode, TrtRunner):
-            warped = warp.enqueue(warp_feeds(kp))
-            decode.enqueue({decode.inputs[0].name: warped[warp.outputs[0].name]})
-            return next(iter(decode.fetch().values()))
-        warped_host = warp.infer(warp_feeds(kp))[warp.outputs[0].name]
-        return next(iter(decode.infer({decode.inputs[0].name: warped_host}).values()))
 
-    def extract(_: int, stream: Any) -> np.ndarray:
-        assert isinstance(motion, TrtRunner)
-        motion.enqueue(driving, stream)
-        return motion.fetch(["kp"], stream)["kp"]
+def overlapped_fps(processor: PipelinedProcessor, frames: list[np.ndarray], count: int) -> float:
+    """Frames per second with track() of frame n+1 running while render() of frame n runs on another thread."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench-render") as render:
+        pending: Future[FrameResult] | None = None
+        start = time.perf_counter()
+        for i in range(count):
+            tracked = processor.track(frames[i % len(frames)])
+            if pending is not None:
+                pending.result()
+            pending = render.submit(processor.render, tracked)
+        if pending is not None:
+            pending.result()
+        return count / (time.perf_counter() - start)
 
-    def render(kp: np.ndarray, stream: Any) -> Callable[[], np.ndarray]:
-        assert isinstance(warp, TrtRunner) and isinstance(decode, TrtRunner)
-        warped: DeviceArray = warp.enqueue(warp_feeds(kp), stream)[warp.outputs[0].name]
-        decode.enqueue({decode.inputs[0].name: warped}, stream)
-        return lambda: next(iter(decode.fetch(None, stream).values()))
 
-    return one_frame, extract, render
+def end_to_end(processor: PipelinedProcessor, portrait: np.ndarray, frames: list[np.ndarray], count: int) -> list[str]:
+    """The live processor's sequential latency and fps, and its overlapped fps, over `count` frames."""
+    processor.set_source(portrait)
+    for i in range(WARMUP):
+        processor.process(frames[i % len(frames)])
+    latency = []
+    for i in range(count):
+        start = time.perf_counter()
+        processor.process(frames[i % len(frames)])
+        latency.append((time.perf_counter() - start) * 1e3)
+    p50, p95 = statistics.median(latency), float(np.percentile(latency, 95))
+    return [
+        f"  end to end, sequential: {1e3 / statistics.mean(latency):6.1f} fps, latency p50 {p50:.2f} ms, p95 {p95:.2f} ms",
+        f"  end to end, overlapped (track || render): {overlapped_fps(processor, frames, count):6.1f} fps",
+    ]
 
 
 def bench_backend(backend: str, models: Path, engines: Path, frames: int) -> list[str]:
+    """Per-engine median milliseconds on random inputs of the right shapes."""
     rng = np.random.default_rng(0)
     runners = open_runners(backend, models, engines)
     try:
@@ -112,23 +129,24 @@ def bench_backend(backend: str, models: Path, engines: Path, frames: int) -> lis
             feeds = random_feeds(runner, rng)
             ms = statistics.median(time_ms(lambda: runner.infer(feeds), frames))
             lines.append(f"  {name:30s} {ms:8.2f} ms")
-        one_frame, extract, render = frame_functions(runners, rng)
-        latency = time_ms(one_frame, frames)
-        p50, p95 = statistics.median(latency), float(np.percentile(latency, 95))
-        lines.append(f"  end to end: {1e3 / statistics.mean(latency):6.1f} fps, latency p50 {p50:.2f} ms, p95 {p95:.2f} ms")
-        if backend.startswith("trt"):
-            pipeline = TwoStreamPipeline(CudaRuntime())
-            try:
-                list(pipeline.run(range(WARMUP), extract, render))
-                start = time.perf_counter()
-                list(pipeline.run(range(frames), extract, render))
-                lines.append(f"  pipelined (2 streams): {frames / (time.perf_counter() - start):6.1f} fps")
-            finally:
-                pipeline.close()
         return lines
     finally:
         for runner in runners.values():
             runner.close()
+
+
+def bench_app(backend: str, models: Path, portrait: np.ndarray, driving: list[np.ndarray], frames: int) -> list[str]:
+    """End-to-end numbers of the live app on `backend`'s app backend (none for trt-fp32)."""
+    if backend not in APP_BACKENDS:
+        return ["  end to end: not measured (the app builds its TensorRT engines in FP16)"]
+    from realtime.live import LiveProcessor
+    from realtime.pipeline import Animator
+
+    processor = LiveProcessor(Animator(models, APP_BACKENDS[backend]))
+    try:
+        return [f"  app backend: {processor.backend}", *end_to_end(processor, portrait, driving, frames)]
+    finally:
+        processor.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engines", type=Path, help="engine cache (default: <models>/engines)")
     parser.add_argument("--frames", type=int, default=200)
     parser.add_argument("--backends", default=",".join(BACKEND_NAMES), help="comma-separated subset of the default")
+    parser.add_argument("--source", type=Path, help="portrait (default: a shared media portrait)")
+    parser.add_argument("--driving", type=Path, help="driving video (default: a shared media video)")
     args = parser.parse_args(argv)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     unknown = sorted(set(backends) - set(BACKEND_NAMES))
@@ -148,14 +168,24 @@ def main(argv: list[str] | None = None) -> int:
         print("error: no NVIDIA GPU found (or no driver / cuda-python); this benchmark needs one: "
               "run it on a GPU machine with requirements-gpu.txt installed", file=sys.stderr)
         return 1
+    try:
+        from realtime.images import load_image
+
+        portrait = load_image(media_default(args.source, DEFAULT_SOURCE, "--source"))
+        driving = load_frames(media_default(args.driving, DEFAULT_DRIVING, "--driving"), args.frames)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     engines = args.engines or args.models / "engines"
     print(f"{gpu.name} ({gpu.sm}, {gpu.memory_bytes / 2**30:.0f} GiB), {args.frames} frames per measurement")
     for backend in backends:
         print(f"{backend}:")
-        try:
-            print("\n".join(bench_backend(backend, args.models, engines, args.frames)))
-        except (ModelLoadError, RuntimeError, OSError) as exc:
-            print(f"  skipped: {exc}")
+        for measure in (lambda: bench_backend(backend, args.models, engines, args.frames),
+                        lambda: bench_app(backend, args.models, portrait, driving, args.frames)):
+            try:
+                print("\n".join(measure()))
+            except (ModelLoadError, RuntimeError, OSError, ValueError) as exc:
+                print(f"  skipped: {exc}")
     return 0
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -27,26 +27,35 @@ def cuda_available() -> bool:
     return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
-def _spec(arg: object) -> TensorSpec:
-    shape = tuple(d if isinstance(d, int) else None for d in arg.shape)  # type: ignore[attr-defined]
-    return TensorSpec(arg.name, shape, _ORT_DTYPES.get(arg.type, np.dtype(np.float32)))  # type: ignore[attr-defined]
+def _spec(arg: Any, path: Path) -> TensorSpec:
+    """A session input/output as a TensorSpec; a type we cannot feed is refused now, not mis-fed later."""
+    if arg.type not in _ORT_DTYPES:
+        raise ModelLoadError(
+            f"{path.name}: tensor {arg.name!r} has type {arg.type}, which this app cannot feed; "
+            "re-export the models folder with `python -m export onnx`"
+        )
+    shape = tuple(d if isinstance(d, int) else None for d in arg.shape)
+    return TensorSpec(arg.name, shape, _ORT_DTYPES[arg.type])
 
 
 class OrtRunner(Runner):
     """One onnxruntime InferenceSession.
 
-    `device` is "cpu", "cuda" or "auto". ONNX Runtime silently falls back to CPU when CUDA cannot start, so the
-    backend name comes from the providers the session actually got, not from what was asked.
+    `device` is "cpu" or "cuda" ("auto" is resolved by engines.open_runner). ONNX Runtime silently falls back to
+    CPU when CUDA cannot start, so the backend name comes from the providers the session actually got, not from
+    what was asked.
     """
 
-    def __init__(self, path: Path, device: str = "auto", threads: int = 0) -> None:
+    def __init__(self, path: Path, device: str = "cpu") -> None:
         super().__init__(path)
         import onnxruntime as ort
 
         if not self.path.is_file():
             raise ModelLoadError(f"model file {self.path} is missing; run `python -m export onnx` to create it")
-        want_cuda = device == "cuda" or (device == "auto" and cuda_available())
-        if device == "cuda" and not cuda_available():
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"OrtRunner device must be 'cpu' or 'cuda', got {device!r}")
+        want_cuda = device == "cuda"
+        if want_cuda and not cuda_available():
             raise ModelLoadError(
                 "ONNX Runtime CUDA was asked for, but this onnxruntime has no CUDA provider; "
                 "install requirements-gpu.txt or choose the CPU device"
@@ -56,8 +65,6 @@ class OrtRunner(Runner):
         options.log_severity_level = 3
         # busy-waiting worker threads starve the app's other threads (capture, UI, a second session) on few cores
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if threads:
-            options.intra_op_num_threads = threads
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors for corrupt files
@@ -71,8 +78,8 @@ class OrtRunner(Runner):
             log.warning("%s: CUDA provider failed to start, running on CPU", self.path.name)
         self._run = ort.RunOptions()  # the options of the run in flight; terminate=True aborts it
         self._interrupted = False
-        self.inputs = [_spec(a) for a in self.session.get_inputs()]
-        self.outputs = [_spec(a) for a in self.session.get_outputs()]
+        self.inputs = [_spec(a, self.path) for a in self.session.get_inputs()]
+        self.outputs = [_spec(a, self.path) for a in self.session.get_outputs()]
 
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         import onnxruntime as ort

@@ -72,15 +72,14 @@ def probe_ort_providers() -> tuple[str, ...]:
 def engines_state(models_dir: Path, gpu: GpuInfo, trt_version: str, precision: str) -> str | None:
     """'ready' when every model has an up-to-date engine, 'buildable' when the ONNX files are there, else None."""
     from export.layout import MODEL_FILES
-    from export.trt_build import engine_precision
-    from export.trt_cache import EngineKey, default_engine_dir, engine_path, file_sha256, stale_reason
+    from export.trt_build import engine_key
+    from export.trt_cache import default_engine_dir, engine_path, stale_reason
 
     onnx_files = [Path(models_dir) / name for name in MODEL_FILES.values()]
     if not all(path.is_file() for path in onnx_files):
         return None
-    cc = f"{gpu.compute_capability[0]}.{gpu.compute_capability[1]}"
     for path in onnx_files:
-        key = EngineKey(gpu.name, cc, trt_version, engine_precision(path.stem, precision), file_sha256(path))
+        key = engine_key(path, gpu, trt_version, precision)
         if stale_reason(engine_path(default_engine_dir(models_dir), path.stem, key), key) is not None:
             return "buildable"
     return "ready"

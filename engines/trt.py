@@ -11,7 +11,7 @@ import ctypes
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
@@ -42,6 +42,15 @@ class StaleEngineError(ModelLoadError):
     """TensorRT could not deserialise an engine file (other TensorRT version or GPU, or a corrupt file)."""
 
 
+class RunnerClosedError(RuntimeError):
+    """A closed runner was used: its buffers are freed, so it must refuse rather than read freed memory."""
+
+
+def gpu_memory_error(what: str) -> ModelLoadError:
+    """The one message for a failed GPU allocation: cudaMalloc's own error names neither the model nor a fix."""
+    return ModelLoadError(f"not enough GPU memory for {what}; close other GPU apps or choose the cuda/cpu backend")
+
+
 def version_tuple(text: str) -> tuple[int, ...]:
     """'11.4.0.106' -> (11, 4, 0, 106); non-numeric parts end the tuple."""
     parts: list[int] = []
@@ -66,6 +75,33 @@ def import_tensorrt() -> Any:
             "pip install -r requirements-gpu.txt"
         )
     return trt
+
+
+#: the process's TensorRT logger per TensorRT library (keyed by its ILogger class): TensorRT keeps the first
+#: logger it is given for the whole process, so every builder and runtime must share it
+_LOGGERS: dict[Any, Any] = {}
+
+
+def trt_logger(trt: Any) -> Any:
+    """The one TensorRT logger: errors are kept in `.errors` (for our one-line messages; `clear()` them before a
+    build), warnings go to Python logging."""
+    if trt.ILogger not in _LOGGERS:
+
+        class Collector(trt.ILogger):
+            def __init__(self) -> None:
+                trt.ILogger.__init__(self)
+                self.errors: list[str] = []
+
+            def log(self, severity: Any, msg: str) -> None:
+                text = msg.strip()
+                if severity in (trt.ILogger.ERROR, trt.ILogger.INTERNAL_ERROR):
+                    self.errors.append(text.splitlines()[-1] if text else msg)
+                    log.debug("TensorRT: %s", text)
+                elif severity == trt.ILogger.WARNING:
+                    log.warning("TensorRT: %s", text)
+
+        _LOGGERS[trt.ILogger] = Collector()
+    return _LOGGERS[trt.ILogger]
 
 
 @dataclass(frozen=True)
@@ -133,31 +169,20 @@ class CudaRuntime:
     def stream_destroy(self, stream: Any) -> None:
         self._call("cudaStreamDestroy", stream)
 
-    def event_create(self, timing: bool = False) -> Any:
-        return self._call("cudaEventCreateWithFlags", 0 if timing else self.rt.cudaEventDisableTiming)
-
-    def event_record(self, event: Any, stream: Any) -> None:
-        self._call("cudaEventRecord", event, stream)
-
-    def event_elapsed_ms(self, start: Any, end: Any) -> float:
-        self._call("cudaEventSynchronize", end)
-        return float(self._call("cudaEventElapsedTime", start, end))
-
-    def event_destroy(self, event: Any) -> None:
-        self._call("cudaEventDestroy", event)
-
-    def stream_wait_event(self, stream: Any, event: Any) -> None:
-        self._call("cudaStreamWaitEvent", stream, event, 0)
-
     def capture_begin(self, stream: Any) -> None:
         self._call("cudaStreamBeginCapture", stream, self.rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal)
 
     def capture_end(self, stream: Any) -> Any:
-        """End a capture and instantiate it: the executable graph replays the captured work in one launch."""
+        """End a capture and instantiate it: the executable graph replays the captured work in one launch.
+
+        cudaStreamEndCapture ends the capture even when it fails (an invalidated capture), so the stream is
+        usable again whatever this raises; the captured graph is destroyed whether instantiation worked or not.
+        """
         graph = self._call("cudaStreamEndCapture", stream)
-        executable = self._call("cudaGraphInstantiate", graph, 0)
-        self._call("cudaGraphDestroy", graph)
-        return executable
+        try:
+            return self._call("cudaGraphInstantiate", graph, 0)
+        finally:
+            self._call("cudaGraphDestroy", graph)
 
     def graph_launch(self, executable: Any, stream: Any) -> None:
         self._call("cudaGraphLaunch", executable, stream)
@@ -176,11 +201,6 @@ def gpu_info() -> GpuInfo | None:
     except (ModelLoadError, CudaError, OSError, RuntimeError) as exc:
         log.debug("no usable GPU: %s", exc)
         return None
-
-
-def stream_handle(stream: Any) -> int:
-    """The integer handle TensorRT's execute_async_v3 takes, from a cuda-python stream or a plain int."""
-    return int(stream)
 
 
 def host_view(ptr: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -278,17 +298,23 @@ class TrtRunner(Runner):
         trt = trt if trt is not None else import_tensorrt()
         self._cuda = cuda if cuda is not None else CudaRuntime()
         self._buffers: list[tuple[str, int]] = []
+        self._host: dict[str, np.ndarray] = {}
+        self._device: dict[str, int] = {}
         self._graph: Any = None
         self._bound: dict[str, int] = {}
         self._use_graph = cuda_graph
         self._owns_stream = stream is None
+        self._runtime: Any = None
+        self.engine: Any = None
+        self.context: Any = None
         self.stream = self._cuda.stream_create() if stream is None else stream
+        self._last_stream = self.stream  # where this runner's latest work was queued: close() waits for it
         try:
-            self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+            self._runtime = trt.Runtime(trt_logger(trt))
             self.engine = deserialize_engine(self._runtime, self.path)
             self.context = self.engine.create_execution_context()
-            if self.context is None:
-                raise ModelLoadError(f"{self.path.name}: TensorRT could not create an execution context (GPU memory full?)")
+            if self.context is None:  # TensorRT returns None when it cannot allocate the context's memory
+                raise gpu_memory_error(self.path.name)
             self._io = engine_io(self.engine, self.path.name)
             self.inputs = [t.spec() for t in self._io if t.is_input]
             self.outputs = [t.spec() for t in self._io if not t.is_input]
@@ -301,7 +327,10 @@ class TrtRunner(Runner):
             raise
 
     def _alloc(self, kind: str, nbytes: int) -> int:
-        ptr = self._cuda.malloc(nbytes) if kind == "device" else self._cuda.malloc_host(nbytes)
+        try:
+            ptr = self._cuda.malloc(nbytes) if kind == "device" else self._cuda.malloc_host(nbytes)
+        except CudaError as exc:
+            raise gpu_memory_error(self.path.name) from exc
         self._buffers.append((kind, ptr))
         return ptr
 
@@ -317,10 +346,21 @@ class TrtRunner(Runner):
             self._cuda.graph_destroy(self._graph)
             self._graph = None
 
+    def _check_open(self) -> None:
+        if self._cuda is None:
+            raise RunnerClosedError(f"{self.path.name}: this TensorRT runner is closed; open the model again")
+
     def enqueue(self, feeds: Mapping[str, np.ndarray | DeviceArray], stream: Any = None) -> dict[str, DeviceArray]:
-        """Queue one run: numpy inputs go through the pinned buffers, DeviceArray inputs are bound in place."""
+        """Queue one run: numpy inputs go through the pinned buffers, DeviceArray inputs are bound in place.
+
+        One enqueue in flight per runner: the pinned input buffers and the output buffers are reused, so the
+        caller must `fetch` (or otherwise wait for the stream) before enqueueing this runner again; the
+        renderer and the live loop do (each runner is used by one thread, which fetches every frame).
+        """
+        self._check_open()
         self.check_feeds(feeds)
         stream = self.stream if stream is None else stream
+        self._last_stream = stream
         for tensor in self._io:
             if not tensor.is_input:
                 continue
@@ -343,15 +383,40 @@ class TrtRunner(Runner):
         if self._graph is not None:
             self._cuda.graph_launch(self._graph, stream)
             return
-        if not self.context.execute_async_v3(stream_handle(stream)):
+        if not self.context.execute_async_v3(int(stream)):
             raise CudaError(f"{self.path.name}: TensorRT failed to enqueue the engine")
         if self._use_graph:  # TensorRT sets itself up on the first run, so capture only after one real run
-            self._cuda.capture_begin(stream)
-            self.context.execute_async_v3(stream_handle(stream))
-            self._graph = self._cuda.capture_end(stream)
+            self._capture(stream)
+
+    def _capture(self, stream: Any) -> None:
+        """Capture one launch into a CUDA graph; on any failure end the capture, drop the graph, run without one.
+
+        Captured work does not run, so this frame's results come from the real launch queued just before.
+        """
+        self._cuda.capture_begin(stream)
+        problem = ""
+        graph = None
+        try:
+            if not self.context.execute_async_v3(int(stream)):
+                problem = "TensorRT failed to enqueue the engine while capturing"
+        except Exception as exc:  # whatever TensorRT raised, the stream must leave capture mode
+            problem = str(exc)
+        finally:
+            try:
+                graph = self._cuda.capture_end(stream)
+            except CudaError as exc:
+                problem = problem or str(exc)
+        if problem:
+            if graph is not None:
+                self._cuda.graph_destroy(graph)
+            self._use_graph = False
+            log.warning("%s: CUDA graph capture failed (%s); running without a graph", self.path.name, problem)
+            return
+        self._graph = graph
 
     def fetch(self, names: Iterable[str] | None = None, stream: Any = None) -> dict[str, np.ndarray]:
         """Copy outputs (all, or the named ones) to the host, wait for the stream, return owned arrays."""
+        self._check_open()
         stream = self.stream if stream is None else stream
         chosen = None if names is None else set(names)
         wanted = [t for t in self._io if not t.is_input and (chosen is None or t.name in chosen)]
@@ -364,59 +429,32 @@ class TrtRunner(Runner):
         self.enqueue(feeds)
         return self.fetch()
 
+    def _quietly(self, what: str, call: Any, *args: Any) -> None:
+        """One release step of close(): a failure is logged and the remaining steps still run."""
+        try:
+            call(*args)
+        except CudaError as exc:
+            log.warning("%s: %s failed while closing: %s", self.path.name, what, exc)
+
     def close(self) -> None:
-        if getattr(self, "_cuda", None) is None:
+        """Wait for queued work, drop the TensorRT objects (context, engine, runtime: that order), free every
+        buffer and forget the host views, so a later enqueue/fetch raises instead of touching freed memory."""
+        cuda = getattr(self, "_cuda", None)
+        if cuda is None:
             return
-        self._drop_graph()
-        for kind, ptr in reversed(self._buffers):
-            (self._cuda.free if kind == "device" else self._cuda.free_host)(ptr)
-        self._buffers = []
-        if self._owns_stream and getattr(self, "stream", None) is not None:
-            self._cuda.stream_destroy(self.stream)
-        self.stream = None
+        for stream in {id(s): s for s in (self.stream, self._last_stream) if s is not None}.values():
+            self._quietly("stream synchronize", cuda.stream_sync, stream)
+        if self._graph is not None:
+            self._quietly("graph destroy", cuda.graph_destroy, self._graph)
+            self._graph = None
         self.context = None
         self.engine = None
+        self._runtime = None
+        self._host, self._device, self._bound = {}, {}, {}
+        for kind, ptr in reversed(self._buffers):
+            self._quietly(f"{kind} free", cuda.free if kind == "device" else cuda.free_host, ptr)
+        self._buffers = []
+        if self._owns_stream and self.stream is not None:
+            self._quietly("stream destroy", cuda.stream_destroy, self.stream)
+        self.stream = self._last_stream = None
         self._cuda = None
-
-
-F = TypeVar("F")
-M = TypeVar("M")
-R = TypeVar("R")
-
-
-class TwoStreamPipeline:
-    """Frame n+1's motion extraction runs on one stream while frame n's warp + decode runs on another.
-
-    `extract(frame, stream)` queues the motion extractor (and may wait for it, to do the per-frame keypoint math
-    on the host while the other stream keeps the GPU busy). `render(motion, stream)` queues warp + decode and
-    returns a function that waits for them and gives the frame. An event orders render after extract on the
-    device, so extract may hand over DeviceArrays.
-    """
-
-    def __init__(self, cuda: Any) -> None:
-        self.cuda = cuda
-        self.motion_stream = cuda.stream_create()
-        self.render_stream = cuda.stream_create()
-        self._motion_done = cuda.event_create()
-
-    def run(
-        self,
-        frames: Iterable[F],
-        extract: Callable[[F, Any], M],
-        render: Callable[[M, Any], Callable[[], R]],
-    ) -> Iterator[R]:
-        pending: Callable[[], R] | None = None
-        for frame in frames:
-            motion = extract(frame, self.motion_stream)
-            self.cuda.event_record(self._motion_done, self.motion_stream)
-            if pending is not None:
-                yield pending()
-            self.cuda.stream_wait_event(self.render_stream, self._motion_done)
-            pending = render(motion, self.render_stream)
-        if pending is not None:
-            yield pending()
-
-    def close(self) -> None:
-        self.cuda.event_destroy(self._motion_done)
-        self.cuda.stream_destroy(self.motion_stream)
-        self.cuda.stream_destroy(self.render_stream)

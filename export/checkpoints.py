@@ -14,7 +14,7 @@ from torch import nn
 
 from export.config import OFFICIAL, ArchConfig, ArchFileError, arch_for, preset_name
 from export.layout import ARCH_FILE, CHECKPOINTS, RETARGETING_CHECKPOINT, RETARGETING_KEYS
-from export.networks import NETWORK_NAMES, build_network
+from export.networks import NETWORK_NAMES, build_network, check_network_name
 
 GET_WEIGHTS = "python -m export download --to {dir}` (or `python -m export fake-weights --to {dir}` for tests)"
 DDP_PREFIX = "module."
@@ -28,11 +28,8 @@ class CheckpointError(RuntimeError):
 
 def checkpoint_path(weights_dir: Path, name: str) -> Path:
     """The file that holds network `name` (the three MLPs share the retargeting file)."""
-    if name in CHECKPOINTS:
-        return Path(weights_dir) / CHECKPOINTS[name]
-    if name in RETARGETING_KEYS:
-        return Path(weights_dir) / RETARGETING_CHECKPOINT
-    raise CheckpointError(f"unknown network {name!r}; use one of {', '.join(NETWORK_NAMES)}")
+    check_network_name(name)
+    return Path(weights_dir) / CHECKPOINTS.get(name, RETARGETING_CHECKPOINT)
 
 
 def read_checkpoint(path: Path, weights_dir: Path) -> dict[str, Any]:
@@ -54,10 +51,9 @@ def read_checkpoint(path: Path, weights_dir: Path) -> dict[str, Any]:
     return data
 
 
-def network_state(weights_dir: Path, name: str) -> dict[str, Any]:
-    """The state_dict of one network as stored: a plain file, or a "module."-stripped retargeting sub-dict."""
-    path = checkpoint_path(weights_dir, name)
-    data = read_checkpoint(path, weights_dir)
+def network_state(data: dict[str, Any], path: Path, name: str) -> dict[str, Any]:
+    """The state_dict of one network from its checkpoint's contents: the file itself, or for the MLPs a
+    "module."-stripped sub-dict of the shared retargeting file."""
     if name not in RETARGETING_KEYS:
         return data
     sub_key = RETARGETING_KEYS[name]
@@ -115,19 +111,36 @@ def folder_arch(weights_dir: Path) -> ArchConfig:
         raise CheckpointError(str(exc)) from exc
 
 
-def load_network(weights_dir: Path, name: str, cfg: ArchConfig | None = None) -> nn.Module:
-    """Network `name` with its checkpoint loaded strictly, in eval mode; `cfg` defaults to the folder's."""
-    weights_dir = Path(weights_dir)
-    require_dir(weights_dir)
-    cfg = folder_arch(weights_dir) if cfg is None else cfg
-    state = network_state(weights_dir, name)
+def _loaded(name: str, data: dict[str, Any], path: Path, cfg: ArchConfig) -> nn.Module:
+    """Network `name` built for `cfg` with its part of a checkpoint's contents loaded strictly, in eval mode."""
     model = build_network(name, cfg)
-    check_state(state, model, checkpoint_path(weights_dir, name), cfg)
+    state = network_state(data, path, name)
+    check_state(state, model, path, cfg)
     model.load_state_dict(state, strict=True)
     return model.eval()
 
 
+def load_network(weights_dir: Path, name: str, cfg: ArchConfig | None = None) -> nn.Module:
+    """Network `name` with its checkpoint loaded strictly, in eval mode; `cfg` defaults to the folder's."""
+    weights_dir = Path(weights_dir)
+    if cfg is None:
+        cfg = folder_arch(weights_dir)
+    else:
+        require_dir(weights_dir)
+    path = checkpoint_path(weights_dir, name)
+    return _loaded(name, read_checkpoint(path, weights_dir), path, cfg)
+
+
 def load_all(weights_dir: Path) -> dict[str, nn.Module]:
-    """Every network of NETWORK_NAMES, loaded strictly with the folder's architecture."""
+    """Every network of NETWORK_NAMES, loaded strictly with the folder's architecture; each checkpoint file is
+    read once (the three MLPs, last in NETWORK_NAMES, share one) and only the latest one is held in memory."""
+    weights_dir = Path(weights_dir)
     cfg = folder_arch(weights_dir)
-    return {name: load_network(weights_dir, name, cfg) for name in NETWORK_NAMES}
+    nets: dict[str, nn.Module] = {}
+    held: tuple[Path, dict[str, Any]] | None = None
+    for name in NETWORK_NAMES:
+        path = checkpoint_path(weights_dir, name)
+        if held is None or held[0] != path:
+            held = (path, read_checkpoint(path, weights_dir))
+        nets[name] = _loaded(name, held[1], path, cfg)
+    return nets

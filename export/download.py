@@ -1,19 +1,22 @@
 """Fetch the official LivePortrait release (KwaiVGI/LivePortrait on the Hugging Face hub) into the release layout.
 
 Resumable (a `.part` file grows until complete, continued with an HTTP Range request) and verified (the hub's
-sha256 of each LFS file, or at least its size). Offline, it fails fast and says what to fetch and where to put it.
+sha256 of each LFS file, or at least its size). Offline, it fails fast and says what to fetch and where to put it,
+unless every file is already there: then they are kept, with a warning that they could not be verified.
 """
 from __future__ import annotations
 
-import hashlib
 import re
 import shutil
 import urllib.error
+import urllib.parse
 import urllib.request
+from email.message import Message
 from pathlib import Path
 from typing import Callable
 
 from export.layout import WEIGHT_FILES
+from export.trt_cache import file_sha256
 
 HUB_URL = "https://huggingface.co/KwaiVGI/LivePortrait/resolve/main"
 CHUNK = 1 << 20
@@ -29,23 +32,51 @@ def manual_instructions(to: Path, base_url: str = HUB_URL) -> str:
     return "download these files by hand and put them at the paths shown:\n" + "\n".join(lines)
 
 
+#: redirects followed by hand when the hub's redirect lacks X-Linked-Size (the CDN may redirect again)
+MAX_REDIRECTS = 5
+
+
+class _KeepRedirect(urllib.request.HTTPRedirectHandler):
+    """Do not follow redirects: the hub's 302 to its CDN carries the LFS headers, the CDN's answer does not (and
+    urllib would follow a HEAD with a GET, downloading the whole file)."""
+
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_KeepRedirect)
+
+
+def _head(url: str, timeout: float) -> tuple[str | None, Message]:
+    """(where it redirects to or None, its headers) of one HEAD request, not following redirects."""
+    try:
+        with _OPENER.open(urllib.request.Request(url, method="HEAD"), timeout=timeout) as response:
+            return None, response.headers
+    except urllib.error.HTTPError as exc:  # an unfollowed redirect arrives as an HTTPError
+        with exc:
+            location = exc.headers.get("Location")
+            if 300 <= exc.code < 400 and location:
+                return urllib.parse.urljoin(url, location), exc.headers
+            raise
+
+
 def _remote_info(url: str, timeout: float) -> tuple[int | None, str | None]:
-    """Size and sha256 that the hub announces for one file (either may be unknown)."""
-    request = urllib.request.Request(url, method="HEAD")
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        headers = response.headers
-    size = headers.get("X-Linked-Size") or headers.get("Content-Length")
-    etag = (headers.get("X-Linked-Etag") or headers.get("ETag") or "").strip('W/"')
+    """Size and sha256 that the hub announces for one file (either may be unknown).
+
+    The hub answers an LFS file with a redirect whose X-Linked-Size / X-Linked-Etag are the file's size and
+    sha256; without them the redirects are followed (with HEAD) for the file's own Content-Length and ETag.
+    """
+    target, headers = _head(url, timeout)
+    size, etag = headers.get("X-Linked-Size"), headers.get("X-Linked-Etag")
+    for _ in range(MAX_REDIRECTS):
+        if target is None or size is not None:
+            break
+        target, headers = _head(target, timeout)
+    if target is None:  # the final answer: its own headers describe the file
+        size, etag = size or headers.get("Content-Length"), etag or headers.get("ETag")
+    etag = (etag or "").strip('W/"')
     sha = etag if re.fullmatch(r"[0-9a-f]{64}", etag) else None
     return (int(size) if size else None), sha
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _fetch(url: str, dest: Path, size: int | None, timeout: float, progress: Callable[[int], None]) -> None:
@@ -55,6 +86,10 @@ def _fetch(url: str, dest: Path, size: int | None, timeout: float, progress: Cal
     if size is not None and have > size:
         part.unlink()
         have = 0
+    if size is not None and have == size:  # complete, killed before the rename: a Range request would get 416
+        progress(have)
+        part.replace(dest)
+        return
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     with urllib.request.urlopen(request, timeout=timeout) as response:
         if have and response.status != 206:  # the server ignored the range: start over
@@ -80,8 +115,12 @@ def download(to: Path, base_url: str = HUB_URL, timeout: float = 15.0, log: Call
             size, sha = _remote_info(url, timeout)
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
+            present = [to / name for name in WEIGHT_FILES]
+            if all(path.is_file() for path in present):  # offline re-run: nothing to fetch, only to verify
+                log(f"warning: could not verify against the hub ({reason}); keeping the {len(present)} files in {to}")
+                return present
             raise DownloadError(f"cannot reach {base_url} ({reason}); " + manual_instructions(to, base_url)) from exc
-        if dest.exists() and (size is None or dest.stat().st_size == size) and (sha is None or _sha256(dest) == sha):
+        if dest.exists() and (size is None or dest.stat().st_size == size) and (sha is None or file_sha256(dest) == sha):
             log(f"{rel}: already present and verified")
             done.append(dest)
             continue
@@ -101,7 +140,7 @@ def download(to: Path, base_url: str = HUB_URL, timeout: float = 15.0, log: Call
                 raise DownloadError(f"{rel}: download interrupted ({exc}); run the same command again to resume") from exc
         if size is not None and dest.stat().st_size != size:
             raise DownloadError(f"{rel}: got {dest.stat().st_size} bytes, expected {size}; run the command again")
-        if sha is not None and _sha256(dest) != sha:
+        if sha is not None and file_sha256(dest) != sha:
             dest.unlink()
             raise DownloadError(f"{rel}: sha256 does not match the release; the file was removed, run the command again")
         done.append(dest)

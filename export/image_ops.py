@@ -93,13 +93,14 @@ def _value(name: str, elem: int, shape: list[int]) -> onnx.ValueInfoProto:
 def crop_graph(h: int, w: int, size: int = CROP_SIZE) -> onnx.ModelProto:
     """uint8 RGB frame [1,h,w,3] and theta [1,2,3] -> float32 crop [1,3,size,size] in [0,1].
 
-    The sample is rounded to a level before the division, as the CPU path's uint8 crop / 255 is.
+    The sample is rounded to a level before the division, as the CPU path's uint8 crop / 255 is; a Div by 255
+    (not a Mul by float32(1/255)) gives the same float32 as realtime.pipeline.to_net_input, bit for bit.
     """
     g = _Graph()
     pixels = g.op("Cast", ["image"], "image_f", to=TensorProto.FLOAT)
     planar = g.op("Transpose", [pixels], "image_nchw", perm=[0, 3, 1, 2])
     levels = g.op("Round", [g.sample(planar, g.grid("theta", size, size), "sampled")], "levels")  # cv2 gives uint8
-    g.op("Mul", [levels, g.const("inv_255", np.array(1 / 255, np.float32))], "crop")
+    g.op("Div", [levels, g.const("c255", np.array(255, np.float32))], "crop")
     return g.model(
         f"crop_{h}x{w}",
         [_value("image", TensorProto.UINT8, [1, h, w, 3]), _value("theta", TensorProto.FLOAT, [1, 2, 3])],

@@ -21,14 +21,19 @@ FACE_MODELS = {
     "landmark": "liveportrait/landmark.onnx",
 }
 
+#: the static input shape each face model is exported with (the release files leave batch and, for det_10g, the
+#: image size dynamic; TensorRT engines are static): det_10g runs on realtime.face's 512 letterbox, the landmark
+#: models on their fixed 192 and 224 crops
+FACE_INPUT_SHAPES = {"det_10g": (1, 3, 512, 512), "2d106det": (1, 3, 192, 192), "landmark": (1, 3, 224, 224)}
+
 #: written only by `fake-weights --reduced`: names the reduced-width architecture; absent means official
 ARCH_FILE = "liveportrait/arch.json"
 
 #: every file of the official release that the app needs, relative to the weights directory
 WEIGHT_FILES = [*CHECKPOINTS.values(), RETARGETING_CHECKPOINT, *FACE_MODELS.values()]
 
-#: the exported models folder (`python -m export onnx --out DIR`) holds one file per network, plus copies of
-#: the face models, so the runtime needs that one folder only
+#: the exported models folder (`python -m export onnx --out DIR`) holds one file per network, plus the face
+#: models with static input shapes, so the runtime needs that one folder only
 NETWORK_ONNX = {
     "appearance_feature_extractor": "appearance_feature_extractor.onnx",
     "motion_extractor": "motion_extractor.onnx",

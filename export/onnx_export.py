@@ -1,11 +1,15 @@
 """Export every LivePortrait network to ONNX (opset 20, static batch-1 shapes) and verify it against PyTorch.
 
 Opset 20 is the first with 5-D GridSample, which W needs (tests/test_gridsample.py shows older opsets fail).
-Verification runs each file in ONNX Runtime CPU on fresh random inputs (not the tracing inputs), so a graph that
-only replays the traced values would be caught.
+Verification runs each file in ONNX Runtime CPU on random inputs drawn with another seed than the tracing
+inputs, so a graph that baked the tracing inputs in as constants fails it; it compares on those inputs only.
+The face models get static input shapes (TensorRT builds static engines) and are checked against the originals.
+Everything is written into a staging folder inside the models folder and moved in only once all of it is
+verified, so a failed or interrupted export never leaves wrong files where the app loads them.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import warnings
@@ -19,7 +23,8 @@ import torch
 from torch import nn
 
 from export.checkpoints import GET_WEIGHTS, CheckpointError, folder_arch, load_all
-from export.layout import FACE_MODELS, FACE_ONNX, MODEL_FILES, NETWORK_ONNX
+from export.config import ArchConfig
+from export.layout import FACE_INPUT_SHAPES, FACE_MODELS, FACE_ONNX, MODEL_FILES, NETWORK_ONNX
 from export.networks import NETWORK_IO, example_inputs, fold_spectral_norm
 
 OPSET = 20
@@ -73,7 +78,13 @@ def export_network(module: nn.Module, name: str, inputs: tuple[torch.Tensor, ...
             module, inputs, str(path), dynamo=False, opset_version=OPSET, do_constant_folding=True,
             input_names=list(input_names), output_names=list(output_names),
         )
-    onnx.checker.check_model(str(path), full_check=True)
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ExportError(
+            f"{name}: the exported ONNX graph is invalid ({str(exc).strip().splitlines()[0]}); "
+            "install the torch and onnx versions of requirements-export.txt and export again"
+        ) from exc
 
 
 def verify_network(module: nn.Module, name: str, path: Path, inputs: tuple[torch.Tensor, ...]) -> list[VerifyRow]:
@@ -143,6 +154,81 @@ def check_rows(rows: list[VerifyRow]) -> None:
         )
 
 
+def static_face_model(source: Path, shape: tuple[int, ...]) -> onnx.ModelProto:
+    """The face model with its one image input fixed to `shape` and shapes re-inferred (TensorRT builds static
+    engines); the nodes and weights are the release file's."""
+    try:
+        model = onnx.load(str(source))
+    except Exception as exc:  # onnx raises protobuf's DecodeError and others for a damaged file
+        raise ExportError(f"face model {source} cannot be read ({type(exc).__name__}); delete it and get it again") from exc
+    weights = {t.name for t in model.graph.initializer}
+    inputs = [v for v in model.graph.input if v.name not in weights]  # old files also list weights as inputs
+    dims = inputs[0].type.tensor_type.shape.dim if len(inputs) == 1 else []
+    fixed = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    if len(fixed) != len(shape) or any(f is not None and f != want for f, want in zip(fixed, shape)):
+        found = ", ".join(f"{v.name} {[d.dim_value or d.dim_param or '?' for d in v.type.tensor_type.shape.dim]}" for v in inputs)
+        raise ExportError(
+            f"face model {source} takes {found}, not one image input of shape {list(shape)}; "
+            "it is not the release file: delete it and get the weights again"
+        )
+    for dim, size in zip(dims, shape):
+        dim.Clear()
+        dim.dim_value = size
+    del model.graph.value_info[:]  # inferred afresh from the static input
+    for output in model.graph.output:
+        output.type.tensor_type.ClearField("shape")
+    try:
+        model = onnx.shape_inference.infer_shapes(model)
+        onnx.checker.check_model(model)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ExportError(
+            f"face model {source} is invalid with the static input {list(shape)} ({str(exc).strip().splitlines()[0]}); "
+            "delete it and get the weights again"
+        ) from exc
+    return model
+
+
+def verify_face_model(original: Path, static: Path, name: str) -> None:
+    """The static file computes what the release file computes, on one random image of the static shape."""
+    import onnxruntime as ort
+
+    shape = FACE_INPUT_SHAPES[name]
+    image = np.random.default_rng(VERIFY_SEED).random(shape, dtype=np.float32)
+    sessions = [ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]) for path in (original, static)]
+    want_all, have_all = (s.run(None, {s.get_inputs()[0].name: image}) for s in sessions)
+    for want, have, output in zip(want_all, have_all, sessions[1].get_outputs()):
+        scale = max(float(np.abs(want).max()), 1e-12)
+        if want.shape != have.shape or float(np.abs(have - want).max()) / scale > REL_TOLERANCE:
+            raise VerificationError(
+                f"face model {name}/{output.name} with a static input differs from {original}; "
+                "the export is wrong, do not use these files"
+            )
+
+
+def _write_models(
+    modules: dict[str, nn.Module], faces: dict[str, Path], staging: Path, out_dir: Path, cfg: ArchConfig,
+    verify: bool, log: Callable[[str], None],
+) -> list[VerifyRow]:
+    """Export, rewrite and (if asked) verify every file into `staging`; the verification rows."""
+    rows: list[VerifyRow] = []
+    for name, module in modules.items():
+        path = staging / NETWORK_ONNX[name]
+        export_network(module, name, example_inputs(name, cfg, seed=TRACE_SEED), path)
+        log(f"exported {name} -> {out_dir / NETWORK_ONNX[name]} ({path.stat().st_size / 1e6:.1f} MB)")
+        if verify:
+            rows += verify_network(module, name, path, example_inputs(name, cfg, seed=VERIFY_SEED))
+    for name, source in faces.items():
+        path = staging / FACE_ONNX[name]
+        onnx.save(static_face_model(source, FACE_INPUT_SHAPES[name]), str(path))
+        if verify:
+            verify_face_model(source, path, name)
+    log(f"face models with static inputs: {', '.join(FACE_ONNX.values())}")
+    if verify:
+        log(format_table(rows))
+        check_rows(rows)
+    return rows
+
+
 def export_models(
     weights_dir: Path,
     out_dir: Path,
@@ -157,19 +243,11 @@ def export_models(
     _prepare_out_dir(out_dir, overwrite)
     # load everything before writing: a missing or mismatched checkpoint must not leave a half-written folder
     modules = {name: prepare_for_export(module, name) for name, module in load_all(weights_dir).items()}
-
-    rows: list[VerifyRow] = []
-    for name, module in modules.items():
-        path = out_dir / NETWORK_ONNX[name]
-        export_network(module, name, example_inputs(name, cfg, seed=TRACE_SEED), path)
-        log(f"exported {name} -> {path} ({path.stat().st_size / 1e6:.1f} MB)")
-        if verify:
-            rows += verify_network(module, name, path, example_inputs(name, cfg, seed=VERIFY_SEED))
-    for name, source in faces.items():
-        shutil.copyfile(source, out_dir / FACE_ONNX[name])
-    log(f"copied face models: {', '.join(FACE_ONNX.values())}")
-
-    if verify:
-        log(format_table(rows))
-        check_rows(rows)
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))  # same file system: os.replace is atomic
+    try:
+        rows = _write_models(modules, faces, staging, out_dir, cfg, verify, log)
+        for file_name in MODEL_FILES.values():
+            os.replace(staging / file_name, out_dir / file_name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return rows

@@ -8,6 +8,7 @@ whose outputs are coordinates (motion extractor, landmarks) or that are tiny MLP
 """
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -17,17 +18,28 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from engines.base import ModelLoadError
-from engines.trt import GpuInfo, StaleEngineError, TrtRunner, gpu_info, import_tensorrt
+from engines.trt import GpuInfo, StaleEngineError, TrtRunner, gpu_info, import_tensorrt, trt_logger
 from export.layout import MODEL_FILES
-from export.trt_cache import EngineKey, engine_path, file_sha256, forget_engine, stale_reason, store_engine
+from export.trt_cache import (
+    EngineKey,
+    atomic_write,
+    engine_path,
+    file_sha256,
+    forget_engine,
+    stale_reason,
+    store_engine,
+)
+
+log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp16", "fp32")
 
 #: built in FP32 whatever was asked: coordinate outputs (keypoints, landmarks) and the tiny retargeting MLPs
 FP32_MODELS = frozenset({"motion_extractor", "stitching", "lip", "eye", "landmark", "2d106det"})
 
-#: image size fixed at build time for models whose ONNX leaves it dynamic (det_10g runs on the 512x512 det_size)
-STATIC_IMAGE_SIZE = {"det_10g": (512, 512)}
+#: version of how an engine is made from its ONNX file (mixed_fp16, fp32_nodes, FP32_MODELS, the builder
+#: config): part of every engine's cache key, so BUMP IT whenever one of those changes and engines get rebuilt
+RECIPE = 1
 
 #: ops that stop the walk back from a grid: they are the expensive layers FP16 is for
 _HEAVY_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
@@ -55,6 +67,15 @@ def engine_precision(model: str, requested: str) -> str:
     """The precision a model's engine is built in, given the one asked for."""
     check_precision(requested)
     return "fp32" if model in FP32_MODELS else requested
+
+
+def engine_key(onnx_path: Path, gpu: GpuInfo, trt_version: str, precision: str) -> EngineKey:
+    """Everything the engine of this ONNX file depends on, for the precision asked for (the model's own
+    precision is derived); the file's sha256 is cached, so asking again is cheap."""
+    onnx_path = Path(onnx_path)
+    cc = f"{gpu.compute_capability[0]}.{gpu.compute_capability[1]}"
+    chosen = engine_precision(onnx_path.stem, precision)
+    return EngineKey(gpu.name, cc, trt_version, chosen, RECIPE, file_sha256(onnx_path))
 
 
 def fp32_nodes(graph: onnx.GraphProto) -> set[int]:
@@ -159,29 +180,16 @@ def _retype_half(node: onnx.NodeProto) -> None:
             attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float16), attr.t.name))
 
 
-def _error_log(trt: Any) -> Any:
-    """A TensorRT logger that keeps errors (to put in our one-line message) instead of printing them."""
-
-    class Errors(trt.ILogger):
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-            self.errors: list[str] = []
-
-        def log(self, severity: Any, msg: str) -> None:
-            if severity in (trt.ILogger.ERROR, trt.ILogger.INTERNAL_ERROR):
-                self.errors.append(msg.strip().splitlines()[-1] if msg.strip() else msg)
-
-    return Errors()
-
-
 def parse_onnx(trt: Any, model_bytes: bytes, name: str) -> tuple[Any, Any, Any]:
-    """(builder, network, parser) for a serialized ONNX model; any parser error raises TrtParseError."""
-    builder = trt.Builder(_error_log(trt))
-    logger = builder.logger
-    flags = 0
-    if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):  # required on 10.x, implied on 11.x
-        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)
+    """(builder, network, parser) for a serialized ONNX model; any parser error raises TrtParseError.
+
+    The process's one TensorRT logger is emptied first, so its errors are this build's. Networks are strongly
+    typed without a flag on TensorRT 11 (MIN_TENSORRT), which is what the FP16 rewrite relies on.
+    """
+    logger = trt_logger(trt)
+    logger.errors.clear()
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
     parser = trt.OnnxParser(network, logger)
     ok = parser.parse(model_bytes)
     if not ok or parser.num_errors:
@@ -210,26 +218,32 @@ def _model_bytes(onnx_path: Path, precision: str) -> bytes:
     return (mixed_fp16(model) if precision == "fp16" else model).SerializeToString()
 
 
-def _static_profile(trt: Any, builder: Any, network: Any, model: str) -> Any | None:
-    """An optimization profile pinning every dynamic input dim (batch 1, fixed image size), or None if static."""
-    profile = None
+def check_static(network: Any, model: str) -> None:
+    """Engines are static (the export fixes every input shape, face models included): say so for an old folder."""
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
-        shape = list(tensor.shape)
-        if all(d >= 0 for d in shape):
-            continue
-        if shape[0] < 0:
-            shape[0] = 1
-        if len(shape) == 4 and (shape[2] < 0 or shape[3] < 0) and model in STATIC_IMAGE_SIZE:
-            shape[2], shape[3] = STATIC_IMAGE_SIZE[model]
-        if any(d < 0 for d in shape):
+        if any(d < 0 for d in tensor.shape):
             raise TrtBuildError(
                 f"{model}: input {tensor.name!r} has dynamic dims {tuple(tensor.shape)}; engines are static: "
-                "export the ONNX with fixed shapes"
+                "re-export the models folder with `python -m export onnx --force`"
             )
-        profile = profile or builder.create_optimization_profile()
-        profile.set_shape(tensor.name, shape, shape, shape)
-    return profile
+
+
+def _timing_cache(config: Any, path: Path | None) -> Any:
+    """The timing cache from `path` (if any) set on the config; a corrupt, truncated or foreign file is logged
+    and ignored (the build starts from an empty cache and rewrites the file), never a failed build."""
+    data = path.read_bytes() if path is not None and path.is_file() else b""
+    if data:
+        try:
+            cache = config.create_timing_cache(data)
+            if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+                return cache
+        except (RuntimeError, TypeError, ValueError) as exc:  # what the bindings raise for a bad buffer
+            log.debug("timing cache %s rejected: %s", path, exc)
+        log.warning("timing cache %s is unreadable or from another TensorRT/GPU; starting an empty one", path)
+    cache = config.create_timing_cache(b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    return cache
 
 
 def _progress_monitor(trt: Any, label: str) -> Any:
@@ -262,24 +276,22 @@ def build_plan(trt: Any, onnx_path: Path, precision: str, timing_cache: Path | N
     """Serialized engine for one ONNX model; the timing cache file is read and updated when given."""
     onnx_path = Path(onnx_path)
     model = onnx_path.stem
-    builder, network, _ = parse_onnx(trt, _model_bytes(onnx_path, precision), onnx_path.name)
+    # the network points into memory the parser owns (its weights): the parser must outlive the build
+    builder, network, parser = parse_onnx(trt, _model_bytes(onnx_path, precision), onnx_path.name)
+    check_static(network, model)
     config = builder.create_builder_config()
-    profile = _static_profile(trt, builder, network, model)
-    if profile is not None:
-        config.add_optimization_profile(profile)
-    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache and timing_cache.is_file() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    _timing_cache(config, timing_cache)
     monitor = _progress_monitor(trt, model) if progress else None  # kept alive for the whole build
     if monitor is not None:
         config.progress_monitor = monitor
     plan = builder.build_serialized_network(network, config)
+    del parser  # the build is done: from here on the network's weights may go
     if plan is None:
-        errors = builder.logger.errors
+        errors = trt_logger(trt).errors
         detail = errors[-1] if errors else "no error logged"
         raise TrtBuildError(f"{model}: TensorRT failed to build the engine ({detail}); try --fp32 or a newer TensorRT")
     if timing_cache is not None:
-        timing_cache.parent.mkdir(parents=True, exist_ok=True)
-        timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+        atomic_write(timing_cache, bytes(config.get_timing_cache().serialize()))
     return bytes(plan)
 
 
@@ -303,8 +315,8 @@ def ensure_engine(
         raise TrtBuildError(f"{onnx_path} is missing; run `python -m export onnx` first")
     trt, gpu = _environment(trt, gpu)
     model = onnx_path.stem
-    chosen = engine_precision(model, precision)
-    key = EngineKey(gpu.name, f"{gpu.compute_capability[0]}.{gpu.compute_capability[1]}", trt.__version__, chosen, file_sha256(onnx_path))
+    key = engine_key(onnx_path, gpu, trt.__version__, precision)
+    chosen = key.precision
     engine = engine_path(cache_dir, model, key)
     reason = stale_reason(engine, key)
     if reason is None:

@@ -1,7 +1,8 @@
 """Engine cache: where an engine lives and whether it is still the right one.
 
 A TensorRT plan only runs on the GPU model and TensorRT version that built it, and only matches the ONNX it was
-built from. So engines live in a folder named after GPU + compute capability + TensorRT version, each beside a
+built from, and the engine also depends on how we turn the ONNX into a network (the FP16 rewrite: its `recipe`
+version). So engines live in a folder named after GPU + compute capability + TensorRT version, each beside a
 JSON file holding the full key (with the ONNX file's sha256). Any difference means rebuild: a stale engine is
 never loaded.
 """
@@ -26,6 +27,8 @@ class EngineKey:
     compute_capability: str
     tensorrt: str
     precision: str
+    #: version of the build recipe (export.trt_build.RECIPE): the FP16 rewrite and which models stay FP32
+    recipe: int
     onnx_sha256: str
 
     @property
@@ -39,12 +42,23 @@ def default_engine_dir(models_dir: Path) -> Path:
     return Path(models_dir) / ENGINE_DIR_NAME
 
 
+#: sha256 by (resolved path, size, mtime_ns): the models are ~600 MB, and every TensorRT start would hash them
+#: twice (backend choice, then each engine lookup)
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """The file's sha256, hashed again only when its size or modification time changed."""
+    path = Path(path)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        _SHA_CACHE[key] = digest.hexdigest()
+    return _SHA_CACHE[key]
 
 
 def engine_path(cache_dir: Path, model: str, key: EngineKey) -> Path:
@@ -69,14 +83,15 @@ def stale_reason(engine: Path, key: EngineKey) -> str | None:
         return None
     if changed == ["onnx_sha256"]:
         return "the ONNX file changed since it was built"
+    if changed == ["recipe"]:
+        return "the build recipe (FP16 rewrite) changed since it was built"
     return "it was built for a different " + ", ".join(name.replace("_", " ") for name in changed)
 
 
 def store_engine(engine: Path, key: EngineKey, plan: bytes) -> None:
     """Write the plan, then its key; both atomically, so an interrupted build never looks finished."""
-    engine.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(engine, plan)
-    _atomic_write(key_path(engine), json.dumps(asdict(key), indent=2).encode())
+    atomic_write(engine, plan)
+    atomic_write(key_path(engine), json.dumps(asdict(key), indent=2).encode())
 
 
 def forget_engine(engine: Path) -> None:
@@ -85,7 +100,9 @@ def forget_engine(engine: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write beside the target, then rename over it: a reader sees the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     partial.write_bytes(data)
     os.replace(partial, path)

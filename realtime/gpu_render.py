@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol
 import numpy as np
 
 from engines import open_runner
-from engines.trt import CudaRuntime, DeviceArray
+from engines.trt import CudaError, CudaRuntime, DeviceArray, gpu_memory_error
 from export.image_ops import CROP_SIZE, PASTE_CROP_SIZE, theta_for, write_image_ops
 from export.trt_cache import default_engine_dir
 from realtime.paste import output_to_original
@@ -58,7 +58,10 @@ class CudaUploads:
 
     def upload(self, array: np.ndarray, stream: Any) -> DeviceArray:
         array = np.ascontiguousarray(array)
-        ptr = self.cuda.malloc(array.nbytes)
+        try:
+            ptr = self.cuda.malloc(array.nbytes)
+        except CudaError as exc:
+            raise gpu_memory_error("the portrait's constants") from exc
         self._ptrs.append(ptr)
         self.cuda.copy_htod(ptr, array.ctypes.data, array.nbytes, stream)
         self.cuda.stream_sync(stream)  # the copy reads pageable host memory that may be freed after we return

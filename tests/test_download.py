@@ -120,3 +120,71 @@ def test_cli_without_the_export_tools_says_what_to_install(
         "error: `python -m export fake-weights` needs the torch package; install the export tools with: "
         "pip install -r requirements-export.txt\n"
     )
+
+
+def test_a_complete_part_file_is_renamed_without_a_range_request(server: str, tmp_path: Path) -> None:
+    first = tmp_path / WEIGHT_FILES[0]
+    first.parent.mkdir(parents=True)
+    first.with_name(first.name + ".part").write_bytes(_RangeHandler.payload)  # killed just before the rename
+
+    files = dl.download(tmp_path, base_url=server, log=lambda s: None)
+
+    assert files[0].read_bytes() == _RangeHandler.payload and not first.with_name(first.name + ".part").exists()
+    assert _RangeHandler.requests == [""] * (len(WEIGHT_FILES) - 1)  # the others in full, that one not at all
+
+
+def test_offline_rerun_keeps_the_files_present_with_a_warning(server: str, tmp_path: Path) -> None:
+    dl.download(tmp_path, base_url=server, log=lambda s: None)
+    messages: list[str] = []
+
+    files = dl.download(tmp_path, base_url="http://127.0.0.1:9", timeout=2, log=messages.append)
+
+    assert files == [tmp_path / rel for rel in WEIGHT_FILES]
+    assert len(messages) == 1 and messages[0].startswith("warning: could not verify against the hub (")
+    assert messages[0].endswith(f"); keeping the {len(WEIGHT_FILES)} files in {tmp_path}")
+    (tmp_path / WEIGHT_FILES[-1]).unlink()  # one missing: nothing to keep, the manual instructions again
+    with pytest.raises(dl.DownloadError, match=r"^cannot reach http://127.0.0.1:9"):
+        dl.download(tmp_path, base_url="http://127.0.0.1:9", timeout=2, log=messages.append)
+
+
+class _HubHandler(http.server.BaseHTTPRequestHandler):
+    """The hub's way with LFS files: /resolve answers HEAD with a 302 to /cdn carrying X-Linked-Size/-Etag (unless
+    `linked` is off); /cdn answers with the file's Content-Length and an ETag that is not a sha256."""
+
+    linked = True
+    heads: list[str] = []
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_HEAD(self) -> None:
+        self.heads.append(self.path)
+        if self.path.startswith("/resolve/"):
+            self.send_response(302)
+            self.send_header("Location", "/cdn/" + self.path.removeprefix("/resolve/"))
+            self.send_header("Content-Length", "0")
+            if self.linked:
+                self.send_header("X-Linked-Size", "1234")
+                self.send_header("X-Linked-Etag", '"' + "ab" * 32 + '"')
+        else:
+            self.send_response(200)
+            self.send_header("Content-Length", "999")
+            self.send_header("ETag", '"cdn-etag-0042"')
+        self.end_headers()
+
+
+@pytest.fixture()
+def hub():
+    _HubHandler.heads = []
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HubHandler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def test_remote_info_reads_the_redirect_itself_and_follows_it_only_for_a_size(hub: str, monkeypatch) -> None:
+    assert dl._remote_info(f"{hub}/resolve/model.pth", 2) == (1234, "ab" * 32)
+    assert _HubHandler.heads == ["/resolve/model.pth"]  # the CDN's headers were not needed
+    monkeypatch.setattr(_HubHandler, "linked", False)
+    assert dl._remote_info(f"{hub}/resolve/model.pth", 2) == (999, None)  # size from the CDN; its ETag is no sha
+    assert _HubHandler.heads[1:] == ["/resolve/model.pth", "/cdn/model.pth"]  # followed with HEAD (no do_GET here)

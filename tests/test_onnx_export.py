@@ -7,13 +7,16 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 
 from export.checkpoints import CheckpointError, load_network
 from export.config import OFFICIAL, REDUCED, ArchConfig
 from export.fake_weights import write_fake_weights
-from export.layout import CHECKPOINTS, FACE_MODELS, MODEL_FILES, NETWORK_ONNX
+from export import onnx_export
+from export.layout import CHECKPOINTS, FACE_INPUT_SHAPES, FACE_MODELS, FACE_ONNX, MODEL_FILES, NETWORK_ONNX
 from export.networks import NETWORK_IO, NETWORK_NAMES, example_inputs, fold_spectral_norm, input_shapes
 from export.onnx_export import (
     ExportError,
@@ -79,11 +82,33 @@ def test_verification_table_is_logged(exported: tuple[Path, list[VerifyRow], lis
     assert sum(line.startswith("exported ") for line in lines) == len(NETWORK_NAMES)
 
 
-def test_face_models_are_copied_unchanged(exported: tuple[Path, list[VerifyRow], list[str]],
-                                          reduced_weights: Path) -> None:
+def test_face_models_get_static_inputs_and_compute_what_the_release_files_compute(
+    exported: tuple[Path, list[VerifyRow], list[str]], reduced_weights: Path
+) -> None:
     out, _, _ = exported
-    for rel in FACE_MODELS.values():
-        assert (out / Path(rel).name).read_bytes() == (reduced_weights / rel).read_bytes()
+    rng = np.random.default_rng(3)
+    for name, rel in FACE_MODELS.items():
+        static, original = onnx.load(str(out / FACE_ONNX[name])), onnx.load(str(reduced_weights / rel))
+        assert [_dims(i) for i in static.graph.input] == [FACE_INPUT_SHAPES[name]]
+        assert all(all(d > 0 for d in _dims(o)) for o in static.graph.output), f"{name} has dynamic output dims"
+        assert [n.op_type for n in static.graph.node] == [n.op_type for n in original.graph.node]
+        image = rng.random(FACE_INPUT_SHAPES[name], dtype=np.float32) * 255
+        runs = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (out / FACE_ONNX[name], reduced_weights / rel)]
+        have, want = (r.run(None, {r.get_inputs()[0].name: image}) for r in runs)
+        for a, b in zip(have, want):
+            np.testing.assert_array_equal(a, b)
+    det = onnx.load(str(out / FACE_ONNX["det_10g"]))
+    assert [_dims(o) for o in det.graph.output][:3] == [(8192, 1), (2048, 1), (512, 1)]  # the 512 letterbox
+
+
+def test_a_face_model_of_another_input_size_is_refused(reduced_weights: Path, tmp_path: Path) -> None:
+    source = reduced_weights / FACE_MODELS["2d106det"]
+    with pytest.raises(ExportError) as info:
+        onnx_export.static_face_model(source, (1, 3, 256, 256))
+    assert str(info.value) == (
+        f"face model {source} takes data [1, 3, 192, 192], not one image input of shape [1, 3, 256, 256]; "
+        "it is not the release file: delete it and get the weights again"
+    )
 
 
 def test_spade_fold_removes_sigma_math_and_keeps_output(reduced_weights: Path, tmp_path: Path) -> None:
@@ -160,6 +185,44 @@ def test_cli_prints_one_line_error(reduced_weights: Path, tmp_path: Path, capsys
     err = capsys.readouterr().err
     assert err == f"error: cannot write to the models folder {blocker / 'm'} (Not a directory); " \
                   "choose a writable folder with --out\n"
+
+
+def test_a_failed_verification_leaves_the_models_folder_as_it_was(
+    reduced_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "models"
+    out.mkdir()
+    for name in MODEL_FILES.values():
+        (out / name).write_bytes(b"the user's working file")
+    rows = iter([VerifyRow("lip", "delta", 0.3, 0.5)])
+    monkeypatch.setattr(onnx_export, "verify_network", lambda *args: [next(rows, VerifyRow("x", "y", 0, 0))])
+    with pytest.raises(VerificationError, match=r"^ONNX Runtime disagrees with PyTorch for lip/delta"):
+        export_models(reduced_weights, out, overwrite=True, log=lambda line: None)
+    assert sorted(p.name for p in out.iterdir()) == sorted(MODEL_FILES.values())  # no staging folder left
+    assert all((out / name).read_bytes() == b"the user's working file" for name in MODEL_FILES.values())
+
+
+def test_an_invalid_exported_graph_is_a_one_line_export_error(
+    reduced_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from export.__main__ import main
+
+    def invalid(*args: object, **kwargs: object) -> None:
+        raise onnx.checker.ValidationError("Nodes in a graph must be topologically sorted, however input 'a'\n==> Context")
+
+    monkeypatch.setattr(onnx.checker, "check_model", invalid)
+    lip = load_network(reduced_weights, "lip")
+    message = (
+        "lip: the exported ONNX graph is invalid (Nodes in a graph must be topologically sorted, however input 'a'); "
+        "install the torch and onnx versions of requirements-export.txt and export again"
+    )
+    with pytest.raises(ExportError, match="^" + re.escape(message) + "$"):
+        export_network(lip, "lip", example_inputs("lip", REDUCED, seed=0), tmp_path / "lip.onnx")
+    assert main(["onnx", "--weights", str(reduced_weights), "--out", str(tmp_path / "models")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: appearance_feature_extractor: the exported ONNX graph is invalid (Nodes in a")
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert list((tmp_path / "models").iterdir()) == []  # nothing half-written where the app looks
 
 
 def test_missing_weights_folder(tmp_path: Path) -> None:

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -13,16 +15,18 @@ from onnx import TensorProto, helper, numpy_helper
 from engines.trt import GpuInfo
 from export import trt_build
 from export.trt_build import (
+    RECIPE,
     TrtBuildError,
     TrtParseError,
     build_engines,
     build_plan,
     check_parses,
+    engine_key,
     engine_precision,
     fp32_nodes,
     mixed_fp16,
 )
-from export.trt_cache import EngineKey, engine_path, key_path, stale_reason
+from export.trt_cache import EngineKey, engine_path, file_sha256, key_path, stale_reason
 
 GPU = GpuInfo("NVIDIA Test GPU 4090", (8, 9))
 
@@ -184,6 +188,22 @@ def test_every_exported_model_parses_with_tensorrt_rtx(rtx, exported_models: Pat
             assert check_parses(exported_models / name, rtx, precision) > 0, (name, precision)
     plan = build_plan(rtx, exported_models / "warping_module.onnx", "fp16", progress=False)  # the 5-D grid sample
     assert len(plan) > 100_000
+    for face in ("det_10g", "2d106det", "landmark"):  # exported with static inputs: no optimisation profile needed
+        assert len(build_plan(rtx, exported_models / f"{face}.onnx", "fp32", progress=False)) > 0, face
+
+
+def test_fp16_rewrite_of_the_exported_networks_stays_close_to_fp32(exported_models: Path) -> None:
+    """The rewritten reduced networks run in ONNX Runtime CPU: FP16 error is small next to the outputs' size."""
+    from export.config import REDUCED
+    from export.networks import NETWORK_IO, example_inputs
+
+    for name in ("appearance_feature_extractor", "warping_module", "spade_generator"):
+        model = onnx.load(str(exported_models / f"{name}.onnx"))
+        feeds = {n: t.numpy() for n, t in zip(NETWORK_IO[name][0], example_inputs(name, REDUCED, seed=2))}
+        full, half = _run(model, feeds), _run(mixed_fp16(model), feeds)
+        assert half.dtype == np.float32 and half.shape == full.shape
+        error = float(np.abs(full - half).max()) / float(np.abs(full).max())
+        assert 0 < error < 2e-2, (name, error)  # it really ran in FP16, and stays within half precision
 
 
 def _models_dir(tmp_path: Path, seed: int = 0) -> Path:
@@ -201,6 +221,7 @@ def test_build_engines_caches_by_key_and_rebuilds_when_the_onnx_changes(rtx, tmp
     assert engines == [folder / "motion_extractor.fp32.engine", folder / "warping_module.fp16.engine"]
     key = json.loads(key_path(engines[1]).read_text())
     assert key["gpu"] == GPU.name and key["compute_capability"] == "8.9" and key["precision"] == "fp16"
+    assert key["recipe"] == RECIPE and key["onnx_sha256"] == file_sha256(models / "warping_module.onnx")
     assert sum("building" in line for line in log) == 2
 
     log.clear()
@@ -220,7 +241,7 @@ def test_build_engines_caches_by_key_and_rebuilds_when_the_onnx_changes(rtx, tmp
 
 
 def test_stale_reason_names_what_differs(tmp_path: Path) -> None:
-    key = EngineKey("GPU A", "8.6", "11.4.0", "fp16", "aa" * 32)
+    key = EngineKey("GPU A", "8.6", "11.4.0", "fp16", 3, "aa" * 32)
     engine = engine_path(tmp_path, "spade_generator", key)
     assert stale_reason(engine, key) == "no engine yet"
     engine.parent.mkdir(parents=True)
@@ -228,8 +249,82 @@ def test_stale_reason_names_what_differs(tmp_path: Path) -> None:
     assert stale_reason(engine, key) == "its key file is missing or unreadable"
     key_path(engine).write_text(json.dumps({**key.__dict__, "tensorrt": "11.2.0", "gpu": "GPU B"}))
     assert stale_reason(engine, key) == "it was built for a different gpu, tensorrt"
+    key_path(engine).write_text(json.dumps({**key.__dict__, "recipe": 2}))  # an engine from before a recipe change
+    assert stale_reason(engine, key) == "the build recipe (FP16 rewrite) changed since it was built"
+    key_path(engine).write_text(json.dumps({k: v for k, v in key.__dict__.items() if k != "recipe"}))  # older key
+    assert stale_reason(engine, key) == "the build recipe (FP16 rewrite) changed since it was built"
     key_path(engine).write_text(json.dumps(key.__dict__))
     assert stale_reason(engine, key) is None
+
+
+def test_engine_key_derives_the_precision_and_hashes_each_file_version_once(tmp_path: Path, monkeypatch) -> None:
+    from export import trt_cache
+
+    path = save(warp_like(), tmp_path / "motion_extractor.onnx")
+    hashed: list[str] = []
+    sha256 = trt_cache.hashlib.sha256
+    monkeypatch.setattr(trt_cache.hashlib, "sha256", lambda: hashed.append("x") or sha256())
+    key = engine_key(path, GPU, "11.4.0", "fp16")
+    assert key == EngineKey(GPU.name, "8.9", "11.4.0", "fp32", RECIPE, sha256(path.read_bytes()).hexdigest())
+    assert engine_key(path, GPU, "11.4.0", "fp32") == key and len(hashed) == 1  # cached by path, size, mtime
+    save(warp_like(seed=4), path)
+    assert engine_key(path, GPU, "11.4.0", "fp16").onnx_sha256 != key.onnx_sha256 and len(hashed) == 2
+
+
+class FakeConfig:
+    """A builder config whose timing caches are the bytes they were made from; b"corrupt" is refused the way
+    TensorRT may refuse it: `mode` "none" returns no cache, "raise" raises, "reject" makes set_timing_cache fail."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.cache: object = None
+
+    def create_timing_cache(self, data: bytes) -> object:
+        if data == b"corrupt" and self.mode == "none":
+            return None
+        if data == b"corrupt" and self.mode == "raise":
+            raise RuntimeError("Failed to deserialize timing cache")
+        return SimpleNamespace(data=data)
+
+    def set_timing_cache(self, cache: SimpleNamespace, ignore_mismatch: bool) -> bool:
+        self.cache = cache
+        return not (cache.data == b"corrupt" and self.mode == "reject")
+
+
+@pytest.mark.parametrize("mode", ["none", "raise", "reject"])
+def test_a_corrupt_timing_cache_is_logged_and_replaced_by_an_empty_one(tmp_path: Path, mode: str, caplog) -> None:
+    path = tmp_path / "timing.cache"
+    path.write_bytes(b"corrupt")
+    config = FakeConfig(mode)
+    with caplog.at_level(logging.WARNING):
+        cache = trt_build._timing_cache(config, path)
+    assert cache.data == b"" and config.cache is cache
+    assert f"timing cache {path} is unreadable or from another TensorRT/GPU; starting an empty one" in caplog.text
+    path.write_bytes(b"good cache")
+    assert trt_build._timing_cache(FakeConfig(mode), path).data == b"good cache"
+
+
+def test_build_with_a_truncated_timing_cache_rewrites_it(rtx, tmp_path: Path) -> None:
+    path = save(warp_like(), tmp_path / "warping_module.onnx")
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(b"\x00" * 7)
+    assert len(build_plan(rtx, path, "fp32", cache, progress=False)) > 1000
+    assert cache.read_bytes() != b"\x00" * 7 and not (tmp_path / "timing.cache.partial").exists()
+
+
+def test_a_model_with_dynamic_inputs_says_to_re_export(rtx, tmp_path: Path) -> None:
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "dynamic",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, "H", "W"])],
+    )
+    path = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), tmp_path / "det_10g.onnx")
+    with pytest.raises(TrtBuildError) as caught:
+        build_plan(rtx, path, "fp32", progress=False)
+    assert str(caught.value) == (
+        "det_10g: input 'x' has dynamic dims (1, 3, -1, -1); engines are static: "
+        "re-export the models folder with `python -m export onnx --force`"
+    )
 
 
 def test_build_engines_without_a_gpu_says_so(rtx, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

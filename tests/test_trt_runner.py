@@ -11,14 +11,16 @@ import pytest
 
 from engines.base import ModelLoadError
 from engines.trt import (
+    CudaError,
     DeviceArray,
     GpuInfo,
+    RunnerClosedError,
     StaleEngineError,
     TrtRunner,
-    TwoStreamPipeline,
     engine_io,
     gpu_info,
     host_view,
+    trt_logger,
 )
 
 
@@ -65,22 +67,12 @@ class FakeCuda:
     def stream_destroy(self, stream: Any) -> None:
         self.calls.append(f"destroy stream {stream}")
 
-    def event_create(self) -> str:
-        return "event"
-
-    def event_record(self, event: Any, stream: Any) -> None:
-        self.calls.append(f"record on {stream}")
-
-    def stream_wait_event(self, stream: Any, event: Any) -> None:
-        self.calls.append(f"{stream} waits")
-
-    def event_destroy(self, event: Any) -> None:
-        pass
-
     def capture_begin(self, stream: Any) -> None:
+        self.calls.append("capture begin")
         self.capturing = []
 
     def capture_end(self, stream: Any) -> list[Any]:
+        self.calls.append("capture end")
         graph, self.capturing = self.capturing, None
         return graph
 
@@ -148,17 +140,18 @@ class FakeContext:
 
 class FakeTrt:
     """The slice of the tensorrt module TrtRunner touches; its Runtime deserialises b"good" into a FakeEngine and
-    anything else into None, as TensorRT does with a plan it cannot load."""
+    anything else into None, as TensorRT does with a plan it cannot load. It records the loggers it was given."""
 
-    class Logger:
-        WARNING = 0
+    class ILogger:
+        INTERNAL_ERROR, ERROR, WARNING = "internal error", "error", "warning"
 
-        def __init__(self, level: int) -> None:
+        def __init__(self) -> None:
             pass
 
     def __init__(self, cuda: FakeCuda) -> None:
         load = lambda data: FakeEngine(cuda) if data == b"good" else None  # noqa: E731
-        self.Runtime = lambda logger: SimpleNamespace(deserialize_cuda_engine=load)
+        self.loggers: list[Any] = []
+        self.Runtime = lambda logger: self.loggers.append(logger) or SimpleNamespace(deserialize_cuda_engine=load)
 
 
 @pytest.fixture
@@ -282,21 +275,100 @@ def test_open_trt_runner_rebuilds_an_engine_that_fails_to_deserialise(tmp_path: 
     assert log[2].startswith("spade_generator: building the fp16 engine (no engine yet)")
 
 
-def test_two_stream_pipeline_overlaps_extract_of_the_next_frame_with_render(cuda: FakeCuda) -> None:
-    pipeline = TwoStreamPipeline(cuda)
-    order: list[str] = []
+class FailingCapture(FakeCuda):
+    """CUDA whose graph capture fails at `when`: 'end' (an invalidated capture) or 'enqueue' (TensorRT refuses)."""
 
-    def extract(frame: int, stream: Any) -> int:
-        order.append(f"extract {frame}")
-        return frame * 10
+    def __init__(self, when: str) -> None:
+        super().__init__()
+        self.when = when
+        self.destroyed: list[Any] = []
 
-    def render(motion: int, stream: Any):
-        order.append(f"render {motion // 10}")
-        return lambda: order.append(f"done {motion // 10}") or motion + 1
+    def capture_end(self, stream: Any) -> list[Any]:
+        graph = super().capture_end(stream)
+        if self.when == "end":
+            raise CudaError("cudaStreamEndCapture failed: cudaErrorStreamCaptureInvalidated")
+        return graph
 
-    assert list(pipeline.run([1, 2, 3], extract, render)) == [11, 21, 31]
-    assert order == ["extract 1", "render 1", "extract 2", "done 1", "render 2", "extract 3", "done 2", "render 3", "done 3"]
-    pipeline.close()
+    def graph_destroy(self, graph: Any) -> None:
+        super().graph_destroy(graph)
+        self.destroyed.append(graph)
+
+
+@pytest.mark.parametrize("when", ["end", "enqueue"])
+def test_a_failed_graph_capture_is_ended_and_the_runner_goes_on_without_a_graph(
+    tmp_path: Path, when: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    cuda = FailingCapture(when)
+    runner = _runner(tmp_path, cuda, cuda_graph=True)
+    if when == "enqueue":  # the real run works, the captured one is refused
+        real = runner.context.execute_async_v3
+        runner.context.execute_async_v3 = lambda handle: cuda.capturing is None and real(handle)
+    for value in (1.0, 2.0, 3.0):
+        np.testing.assert_array_equal(runner.infer({"x": np.full((1, 3), value)})["y"], np.full((1, 3), 2 * value + 1))
+    assert cuda.calls.count("capture begin") == cuda.calls.count("capture end") == 1  # ended, and never retried
+    assert cuda.capturing is None and "graph launch" not in cuda.calls
+    assert len(cuda.destroyed) == (1 if when == "enqueue" else 0)  # an instantiated graph is destroyed
+    assert "m.engine: CUDA graph capture failed" in caplog.text and "running without a graph" in caplog.text
+    runner.close()
+    assert cuda.memory == {}
+
+
+def test_close_waits_frees_everything_and_a_closed_runner_refuses(tmp_path: Path, cuda: FakeCuda) -> None:
+    runner = _runner(tmp_path, cuda)
+    runner.enqueue({"x": np.ones((1, 3))}, stream=9)  # queued on a caller's stream: close waits for it too
+    cuda.calls.clear()
+    runner.close()
+    assert cuda.calls[:2] == ["sync 7", "sync 9"] and cuda.calls[-1] == "destroy stream 7"
+    assert cuda.memory == {} and runner.context is None and runner.engine is None
+    with pytest.raises(RunnerClosedError, match=r"^m.engine: this TensorRT runner is closed; open the model again$"):
+        runner.fetch()
+    with pytest.raises(RunnerClosedError):
+        runner.infer({"x": np.ones((1, 3))})
+    runner.close()  # closing twice is harmless
+
+
+def test_close_frees_the_other_buffers_when_one_free_fails(tmp_path: Path, cuda: FakeCuda, caplog) -> None:
+    runner = _runner(tmp_path, cuda)
+    first_device = next(iter(cuda.memory))
+    free = cuda.free
+
+    def flaky_free(ptr: int) -> None:
+        if ptr == first_device:
+            raise CudaError("cudaFree failed: cudaErrorIllegalAddress")
+        free(ptr)
+
+    cuda.free = flaky_free
+    runner.close()
+    assert list(cuda.memory) == [first_device]  # only the failing one is left
+    assert "device free failed while closing: cudaFree failed: cudaErrorIllegalAddress" in caplog.text
+    assert "destroy stream 7" in cuda.calls
+
+
+def test_out_of_gpu_memory_names_the_model_and_frees_what_was_allocated(tmp_path: Path, cuda: FakeCuda) -> None:
+    malloc = cuda.malloc
+
+    def second_fails(nbytes: int) -> int:
+        if cuda.calls.count("malloc") == 1:
+            cuda.calls.append("malloc")
+            raise CudaError("cudaMalloc failed: cudaErrorMemoryAllocation")
+        return malloc(nbytes)
+
+    cuda.malloc = second_fails
+    with pytest.raises(ModelLoadError) as caught:
+        _runner(tmp_path, cuda, "warping_module.engine")
+    assert str(caught.value) == (
+        "not enough GPU memory for warping_module.engine; close other GPU apps or choose the cuda/cpu backend"
+    )
+    assert cuda.memory == {}
+
+
+def test_every_runtime_gets_the_one_process_logger(tmp_path: Path, cuda: FakeCuda) -> None:
+    trt = FakeTrt(cuda)
+    for name in ("a.engine", "b.engine"):
+        (tmp_path / name).write_bytes(b"good")
+        TrtRunner(tmp_path / name, cuda=cuda, trt=trt).close()
+    assert len(trt.loggers) == 2 and trt.loggers[0] is trt.loggers[1] is trt_logger(trt)
+    assert trt_logger(FakeTrt(cuda)) is trt.loggers[0]  # the same TensorRT library: the same logger
 
 
 @pytest.fixture(scope="module")

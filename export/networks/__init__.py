@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn.utils import remove_spectral_norm
 
 from export.config import IMAGE_SIZE, ArchConfig
+from export.layout import RETARGETING_KEYS
 from export.networks.appearance import AppearanceFeatureExtractor
 from export.networks.motion import MOTION_OUTPUTS, MotionExtractor
 from export.networks.retargeting import RetargetingMLP, retargeting_widths
@@ -27,7 +28,6 @@ NETWORK_NAMES = (
     "lip",
     "eye",
 )
-RETARGETING_NAMES = ("stitching", "lip", "eye")
 
 #: graph input and output names of each exported network (the models-folder contract); W exports `out` only
 NETWORK_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -45,7 +45,7 @@ _BUILDERS: dict[str, Callable[[ArchConfig], nn.Module]] = {
     "motion_extractor": MotionExtractor,
     "warping_module": WarpingNetwork,
     "spade_generator": SPADEGenerator,
-    **{name: (lambda cfg, name=name: RetargetingMLP(name, cfg)) for name in RETARGETING_NAMES},
+    **{name: (lambda cfg, name=name: RetargetingMLP(name, cfg)) for name in RETARGETING_KEYS},
 }
 
 
@@ -53,20 +53,21 @@ class UnknownNetworkError(ValueError):
     """A network name that is not one of NETWORK_NAMES."""
 
 
-def _check_name(name: str) -> None:
+def check_network_name(name: str) -> None:
+    """The one place an unknown network name is refused (building, input shapes, checkpoint lookup)."""
     if name not in _BUILDERS:
         raise UnknownNetworkError(f"unknown network {name!r}; use one of {', '.join(NETWORK_NAMES)}")
 
 
 def build_network(name: str, cfg: ArchConfig) -> nn.Module:
     """A freshly initialised network of the given architecture, in eval mode."""
-    _check_name(name)
+    check_network_name(name)
     return _BUILDERS[name](cfg).eval()
 
 
 def input_shapes(name: str, cfg: ArchConfig) -> dict[str, tuple[int, ...]]:
     """Batch-1 shape of every input of one network, by graph input name."""
-    _check_name(name)
+    check_network_name(name)
     d, h, w = cfg.volume_shape
     kp = (1, cfg.num_kp, 3)
     shapes = {
@@ -74,7 +75,7 @@ def input_shapes(name: str, cfg: ArchConfig) -> dict[str, tuple[int, ...]]:
         "motion_extractor": [(1, 3, IMAGE_SIZE, IMAGE_SIZE)],
         "warping_module": [(1, cfg.reshape_channel, d, h, w), kp, kp],
         "spade_generator": [(1, cfg.g_input_channels, h, w)],
-        **{n: [(1, retargeting_widths(n, cfg.num_kp)[0])] for n in RETARGETING_NAMES},
+        **{n: [(1, retargeting_widths(n, cfg.num_kp)[0])] for n in RETARGETING_KEYS},
     }[name]
     return dict(zip(NETWORK_IO[name][0], shapes))
 

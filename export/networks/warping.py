@@ -12,9 +12,6 @@ from torch import nn
 from export.config import ArchConfig
 from export.networks.blocks import ConvBlock
 
-#: W's outputs in the order forward returns them when `out_only` is False
-WARPING_OUTPUTS = ("out", "occlusion_map", "deformation")
-
 KP_VARIANCE = 0.01
 
 
@@ -92,10 +89,10 @@ class DenseMotionNetwork(nn.Module):
         self.register_buffer("grid", identity_grid(*cfg.volume_shape), persistent=False)
 
     def sparse_motions(self, kp_driving: torch.Tensor, kp_source: torch.Tensor) -> torch.Tensor:
-        """B x (K+1) x D x H x W x 3: the identity (background), then G - kp_driving[k] + kp_source[k]."""
-        shift = (kp_source - kp_driving)[:, :, None, None, None, :]
+        """B x (K+1) x D x H x W x 3: the identity (background), then G - kp_driving[k] + kp_source[k], added in
+        that order as the official code does (float32 rounding then agrees to the last bit)."""
         grid = self.grid[None, None]
-        per_kp = grid + shift
+        per_kp = grid - kp_driving[:, :, None, None, None, :] + kp_source[:, :, None, None, None, :]
         return torch.cat([grid.expand(per_kp.shape[0], 1, *grid.shape[2:]), per_kp], dim=1)
 
     def forward(
