@@ -6,6 +6,7 @@ RGB in its blobs, so the networks see RGB either way: we build the same RGB blob
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,11 +79,15 @@ def detector_blob(canvas_rgb: np.ndarray) -> np.ndarray:
     return ((canvas_rgb.astype(np.float32) - 127.5) / 128.0).transpose(2, 0, 1)[None]
 
 
+@functools.lru_cache(maxsize=16)
 def anchor_centres(height: int, width: int, stride: int, per_cell: int = ANCHORS_PER_CELL) -> np.ndarray:
-    """(height*width*per_cell, 2) anchor centres (col*stride, row*stride), row-major, each repeated per anchor."""
+    """(height*width*per_cell, 2) anchor centres (col*stride, row*stride), row-major, each repeated per anchor.
+    Cached (the detector runs on every live frame at one size) and read-only, so no caller can change the cache."""
     rows, cols = np.mgrid[:height, :width]
     centres = (np.stack([cols, rows], axis=-1).astype(np.float32) * stride).reshape(-1, 2)
-    return np.repeat(centres, per_cell, axis=0)
+    centres = np.repeat(centres, per_cell, axis=0)
+    centres.setflags(write=False)
+    return centres
 
 
 def distance2bbox(centres: np.ndarray, dist: np.ndarray) -> np.ndarray:
