@@ -117,3 +117,24 @@ def test_open_runner_keeps_the_onnxruntime_backends_and_adds_tensorrt(tmp_path: 
     if select.probe_gpu() is None:
         with pytest.raises(ModelLoadError, match=r"^(TensorRT is not installed|no NVIDIA GPU found)"):
             engines.open_runner(tmp_path / "stitching.onnx", "tensorrt")
+
+
+def test_onnxruntime_refuses_a_model_with_a_tensor_type_it_cannot_feed(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper, save
+
+    from engines.ort import OrtRunner
+
+    graph = helper.make_graph(
+        [helper.make_node("Not", ["x"], ["y"])], "bools",
+        [helper.make_tensor_value_info("x", TensorProto.BOOL, [1, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.BOOL, [1, 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    save(model, str(tmp_path / "mask.onnx"))
+    with pytest.raises(ModelLoadError) as caught:
+        OrtRunner(tmp_path / "mask.onnx")
+    assert str(caught.value) == (
+        "mask.onnx: tensor 'x' has type tensor(bool), which this app cannot feed; "
+        "re-export the models folder with `python -m export onnx`"
+    )

@@ -190,3 +190,20 @@ def test_retargeting_file_without_sub_dict(weights: Path) -> None:
         f"checkpoint {path} has no 'retarget_mouth' state_dict (it holds ['retarget_shoulder']); "
         "it is not LivePortrait's stitching_retargeting_module.pth"
     )
+
+
+def test_load_all_reads_each_checkpoint_file_once(reduced_weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from export import checkpoints
+
+    read_paths: list[str] = []
+    load = torch.load
+    monkeypatch.setattr(checkpoints.torch, "load", lambda path, **kw: read_paths.append(Path(path).name) or load(path, **kw))
+    load_all(reduced_weights)
+    assert sorted(read_paths) == sorted(Path(rel).name for rel in [*CHECKPOINTS.values(), RETARGETING_CHECKPOINT])
+
+
+def test_an_unknown_network_name_is_refused_before_any_file_is_read(weights: Path) -> None:
+    from export.networks import UnknownNetworkError
+
+    with pytest.raises(UnknownNetworkError, match=r"^unknown network 'generator'; use one of appearance_feature_"):
+        load_network(weights, "generator")

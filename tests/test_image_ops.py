@@ -13,6 +13,7 @@ import pytest
 from export.image_ops import crop_graph, paste_graph, theta_for, write_image_ops
 from realtime.crop import crop_image, similarity_o2c
 from realtime.paste import output_to_original, paste_back, prepare_paste_mask
+from realtime.pipeline import to_net_input
 
 
 def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -43,6 +44,16 @@ def test_integer_shift_copies_pixels_exactly_with_black_outside() -> None:
     got = crop_on_graph(image, M, 32)
     np.testing.assert_allclose(got, crop_image(image, M, 32), atol=1e-3)
     assert np.all(got[:7] == 0) and np.array_equal(np.round(got[7:]).astype(np.uint8), image[:25, 30:62])
+
+
+def test_crop_graph_gives_the_cpu_network_input_bit_for_bit() -> None:
+    """Every level 0..255 divided by 255 exactly as realtime.pipeline.to_net_input does (a Mul by float32(1/255)
+    is one ulp off for some levels)."""
+    image = np.arange(256 * 3, dtype=np.int64).reshape(16, 16, 3) % 256  # every level, in every channel
+    image = np.kron(image, np.ones((2, 2, 1), np.int64)).astype(np.uint8)  # 32x32
+    M = np.array([[1, 0, 0], [0, 1, 0]], np.float32)
+    (crop,) = run(crop_graph(32, 32, 32), {"image": image[None], "theta": theta_for(M, (32, 32), 32)})
+    np.testing.assert_array_equal(crop, to_net_input(image))
 
 
 def test_rotated_crop_matches_cv2_warp_affine_to_cv2_fixed_point(portrait: np.ndarray) -> None:

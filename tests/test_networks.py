@@ -175,6 +175,21 @@ def test_fold_spectral_norm_keeps_eval_output() -> None:
     torch.testing.assert_close(block.conv_s.weight.detach(), w / sigma)
 
 
+def test_sparse_motions_add_in_the_official_order() -> None:
+    """G - kp_driving + kp_source, left to right in float32, as the official code (not G + (kp_s - kp_d))."""
+    from export.networks.warping import DenseMotionNetwork
+
+    dense = DenseMotionNetwork(REDUCED)
+    gen = torch.Generator().manual_seed(0)
+    kp_d, kp_s = (torch.rand(1, REDUCED.num_kp, 3, generator=gen) - 0.5 for _ in range(2))
+    motions = dense.sparse_motions(kp_d, kp_s).numpy()
+    grid = dense.grid.numpy()
+    assert motions.shape == (1, REDUCED.num_kp + 1, *grid.shape)
+    np.testing.assert_array_equal(motions[0, 0], grid)  # the background's identity
+    expected = grid[None] - kp_d.numpy()[0, :, None, None, None] + kp_s.numpy()[0, :, None, None, None]
+    np.testing.assert_array_equal(motions[0, 1:], expected)
+
+
 def test_build_network_rejects_unknown_name() -> None:
     with pytest.raises(UnknownNetworkError) as info:
         build_network("generator", REDUCED)
