@@ -7,8 +7,7 @@ End to end is what the live app does per camera frame, through realtime.live.Liv
 and real driving frames (decoded beforehand, so video decoding is not timed): detection, landmark tracking,
 motion extraction, keypoint math, warp, decode and paste-back. "sequential" is process() frame after frame (its
 latency is the frame's); "overlapped" runs track() of frame n+1 beside render() of frame n on two threads, as the
-live loop does on GPU backends. The app builds its TensorRT engines in FP16, so trt-fp32 gets per-engine numbers
-only.
+live loop does on GPU backends.
 """
 from __future__ import annotations
 
@@ -32,8 +31,8 @@ from export.layout import NETWORK_ONNX
 from realtime.live_api import FrameResult, PipelinedProcessor
 
 BACKEND_NAMES = ("trt-fp16", "trt-fp32", "ort-cuda")
-#: the app backend each benchmark backend's end-to-end numbers come from (the app's TensorRT engines are FP16)
-APP_BACKENDS = {"trt-fp16": "tensorrt", "ort-cuda": "cuda"}
+#: the app backend and precision each benchmark backend's end-to-end numbers come from
+APP_BACKENDS = {"trt-fp16": ("tensorrt", "fp16"), "trt-fp32": ("tensorrt", "fp32"), "ort-cuda": ("cuda", "fp16")}
 NETWORKS = ("appearance_feature_extractor", "motion_extractor", "warping_module", "spade_generator")
 WARMUP = 10
 
@@ -136,13 +135,11 @@ def bench_backend(backend: str, models: Path, engines: Path, frames: int) -> lis
 
 
 def bench_app(backend: str, models: Path, portrait: np.ndarray, driving: list[np.ndarray], frames: int) -> list[str]:
-    """End-to-end numbers of the live app on `backend`'s app backend (none for trt-fp32)."""
-    if backend not in APP_BACKENDS:
-        return ["  end to end: not measured (the app builds its TensorRT engines in FP16)"]
+    """End-to-end numbers of the live app on `backend`'s app backend and precision."""
     from realtime.live import LiveProcessor
     from realtime.pipeline import Animator
 
-    processor = LiveProcessor(Animator(models, APP_BACKENDS[backend]))
+    processor = LiveProcessor(Animator(models, *APP_BACKENDS[backend]))
     try:
         return [f"  app backend: {processor.backend}", *end_to_end(processor, portrait, driving, frames)]
     finally:

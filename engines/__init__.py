@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Mapping
 
 from engines.base import ModelLoadError, Runner, TensorSpec
 from engines.select import BACKENDS, BackendChoice, BackendUnavailable, choose_backend
@@ -36,6 +37,20 @@ def open_runner(path: Path, backend: str = "cpu", *, precision: str = "fp16", en
     return runner
 
 
+def open_runners(paths: Mapping[str, Path], backend: str = "cpu", precision: str = "fp16") -> dict[str, Runner]:
+    """Open several models at once; when one fails, the ones already open are closed (GPU memory is not leaked
+    by a failed switch of backend) before the error goes on."""
+    runners: dict[str, Runner] = {}
+    try:
+        for name, path in paths.items():
+            runners[name] = open_runner(path, backend, precision=precision)
+    except BaseException:
+        for runner in runners.values():
+            runner.close()
+        raise
+    return runners
+
+
 __all__ = [
     "BACKENDS",
     "BackendChoice",
@@ -45,4 +60,5 @@ __all__ = [
     "TensorSpec",
     "choose_backend",
     "open_runner",
+    "open_runners",
 ]

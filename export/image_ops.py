@@ -148,11 +148,12 @@ def _write_if_changed(path: Path, model: onnx.ModelProto) -> Path:
     return path
 
 
-def write_image_ops(out_dir: Path, h: int, w: int) -> tuple[Path, Path]:
-    """(crop_HxW.onnx, paste_HxW.onnx) for frames of h x w pixels, in out_dir."""
+def write_image_op(out_dir: Path, kind: str, h: int, w: int) -> Path:
+    """The crop or paste graph for frames of h x w pixels, as out_dir/{kind}_{h}x{w}.onnx. One kind per call: the
+    live loop opens crops on its tracking thread and pastes on its render thread, so neither writes the other's."""
+    graphs = {"crop": crop_graph, "paste": paste_graph}
+    if kind not in graphs:
+        raise ValueError(f"image op must be one of {sorted(graphs)}, got {kind!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    return (
-        _write_if_changed(out_dir / f"crop_{h}x{w}.onnx", crop_graph(h, w)),
-        _write_if_changed(out_dir / f"paste_{h}x{w}.onnx", paste_graph(h, w)),
-    )
+    return _write_if_changed(out_dir / f"{kind}_{h}x{w}.onnx", graphs[kind](h, w))

@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from engines import Runner, open_runner
+from engines import Runner, open_runners
 from export.layout import FACE_ONNX
 from realtime.crop import crop_image, crop_transform, transform_pts
 from realtime.images import ImageInputError
@@ -236,8 +236,8 @@ class FaceModels:
     """The three face models of a models folder, opened once with one backend."""
 
     def __init__(self, models_dir: Path, backend: str = "cpu", det_threshold: float = DET_THRESHOLD) -> None:
-        models_dir = Path(models_dir)
-        runners = [open_runner(models_dir / FACE_ONNX[name], backend) for name in ("det_10g", "2d106det", "landmark")]
+        names = ("det_10g", "2d106det", "landmark")
+        runners = list(open_runners({name: Path(models_dir) / FACE_ONNX[name] for name in names}, backend).values())
         self.runners = runners
         self.detector = FaceDetector(runners[0], det_threshold)
         self.landmark106 = Landmark106(runners[1])

@@ -20,7 +20,7 @@ import numpy as np
 
 from engines import open_runner
 from engines.trt import CudaError, CudaRuntime, DeviceArray, gpu_memory_error
-from export.image_ops import CROP_SIZE, PASTE_CROP_SIZE, theta_for, write_image_ops
+from export.image_ops import CROP_SIZE, PASTE_CROP_SIZE, theta_for, write_image_op
 from export.trt_cache import default_engine_dir
 from realtime.paste import output_to_original
 
@@ -123,8 +123,7 @@ class DeviceRenderer:
             return held[1]
         if held is not None:
             held[1].close()
-        crop_path, paste_path = write_image_ops(self.ops_dir, *hw)
-        runner = self.open_op(crop_path if kind == "crop" else paste_path)
+        runner = self.open_op(write_image_op(self.ops_dir, kind, *hw))
         self._ops[kind] = (hw, runner)
         return runner
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
-from engines import open_runner
+from engines import open_runners
 from export.layout import NETWORK_ONNX
 from realtime.crop import CropInfo, box_o2c, crop_box, crop_source, transform_pts
 from realtime.face import FaceModels, eye_ratio, lip_ratio
@@ -70,8 +70,9 @@ class StageTimer(threading.local):
 class Networks:
     """The seven LivePortrait networks of a models folder, opened once with one backend."""
 
-    def __init__(self, models_dir: Path, backend: str = "cpu") -> None:
-        self.runners = {name: open_runner(Path(models_dir) / file, backend) for name, file in NETWORK_ONNX.items()}
+    def __init__(self, models_dir: Path, backend: str = "cpu", precision: str = "fp16") -> None:
+        paths = {name: Path(models_dir) / file for name, file in NETWORK_ONNX.items()}
+        self.runners = open_runners(paths, backend, precision)
         self.backend = self.runners["warping_module"].backend
 
     def features(self, img_256: np.ndarray) -> np.ndarray:
@@ -138,15 +139,21 @@ def _limit_transform(shape: tuple[int, ...], limited_shape: tuple[int, ...]) -> 
 class Animator:
     """Runs the method on one backend: prepare a source, read motion from driving frames, animate, paste back."""
 
-    def __init__(self, models_dir: Path, backend: str = "cpu") -> None:
-        self.nets = Networks(models_dir, backend)
-        self.faces = FaceModels(models_dir, backend)
+    def __init__(self, models_dir: Path, backend: str = "cpu", precision: str = "fp16") -> None:
+        """Open every model; `precision` (fp16/fp32) matters for TensorRT only. If anything fails, whatever was
+        already open is closed again (a failed switch of backend must not keep GPU memory)."""
         self.timer = StageTimer()
         self.renderer: DeviceRenderer | None = None
-        if self.backend == "tensorrt":  # warp -> decode -> paste-back stay on the GPU (needs onnx: imported here)
-            from realtime.gpu_render import DeviceRenderer
+        with ExitStack() as opened:
+            self.nets = Networks(models_dir, backend, precision)
+            opened.callback(self.nets.close)
+            self.faces = FaceModels(models_dir, backend)
+            opened.callback(self.faces.close)
+            if self.backend == "tensorrt":  # warp -> decode -> paste-back stay on the GPU (needs onnx: imported here)
+                from realtime.gpu_render import DeviceRenderer
 
-            self.renderer = DeviceRenderer.for_tensorrt(self.nets.runners, Path(models_dir))
+                self.renderer = DeviceRenderer.for_tensorrt(self.nets.runners, Path(models_dir))
+            opened.pop_all()  # all open: the Animator owns them now
 
     @property
     def backend(self) -> str:

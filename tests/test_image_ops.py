@@ -10,7 +10,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from export.image_ops import crop_graph, paste_graph, theta_for, write_image_ops
+from export.image_ops import crop_graph, paste_graph, theta_for, write_image_op
 from realtime.crop import crop_image, similarity_o2c
 from realtime.paste import output_to_original, paste_back, prepare_paste_mask
 from realtime.pipeline import to_net_input
@@ -102,17 +102,20 @@ def test_paste_graph_casts_by_truncation_not_rounding() -> None:
     assert frame[0, 4, 4].tolist() == [50, 177, 177]
 
 
-def test_write_image_ops_names_files_by_size_and_keeps_identical_files(tmp_path: Path) -> None:
-    crop_path, paste_path = write_image_ops(tmp_path, 72, 128)
+def test_write_image_op_names_files_by_size_and_keeps_identical_files(tmp_path: Path) -> None:
+    crop_path, paste_path = (write_image_op(tmp_path, kind, 72, 128) for kind in ("crop", "paste"))
     assert (crop_path.name, paste_path.name) == ("crop_72x128.onnx", "paste_72x128.onnx")
     onnx.checker.check_model(onnx.load(str(paste_path)), full_check=True)
     assert [d.dim_value for d in onnx.load(str(paste_path)).graph.output[0].type.tensor_type.shape.dim] == [1, 72, 128, 3]
-    stamps = [p.stat().st_mtime_ns for p in (crop_path, paste_path)]
+    stamp = crop_path.stat().st_mtime_ns
     paste_path.write_bytes(b"stale")
-    assert write_image_ops(tmp_path, 72, 128) == (crop_path, paste_path)
-    assert crop_path.stat().st_mtime_ns == stamps[0]  # identical: left alone
+    assert write_image_op(tmp_path, "crop", 72, 128) == crop_path
+    assert crop_path.stat().st_mtime_ns == stamp  # identical: left alone
+    assert write_image_op(tmp_path, "paste", 72, 128) == paste_path
     assert paste_path.read_bytes() == paste_graph(72, 128).SerializeToString()  # different: rewritten
     assert sorted(p.name for p in tmp_path.iterdir()) == ["crop_72x128.onnx", "paste_72x128.onnx"]
+    with pytest.raises(ValueError, match="image op must be one of \\['crop', 'paste'\\], got 'blend'"):
+        write_image_op(tmp_path, "blend", 72, 128)
 
 
 @pytest.fixture(scope="module")
@@ -127,5 +130,5 @@ def test_tensorrt_rtx_parses_and_builds_both_graphs(rtx, tmp_path: Path) -> None
         _, network, _ = parse_onnx(rtx, model.SerializeToString(), model.graph.name)
         io = {network.get_input(i).name: network.get_input(i).dtype.name for i in range(network.num_inputs)}
         assert io["image"] == "UINT8" and io["theta"] == "FLOAT"
-    for path in write_image_ops(tmp_path, 36, 64):
+    for path in (write_image_op(tmp_path, kind, 36, 64) for kind in ("crop", "paste")):
         assert len(build_plan(rtx, path, "fp32", progress=False)) > 0

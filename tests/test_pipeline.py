@@ -195,3 +195,21 @@ def test_a_single_driving_image_copies_its_expression_relative_to_the_neutral_li
     np.testing.assert_allclose(x_d, expected, atol=1e-5)
     assert np.abs(x_d - source.x_s).max() > 1e-4  # the image's expression arrives; the old code left it still
     assert LIP_ARRAY[19, 1] == np.float32(-0.0151) and np.count_nonzero(LIP_ARRAY) == 7
+
+
+def test_a_failed_open_closes_what_was_already_open(reduced_models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from engines.ort import OrtRunner
+    from export.layout import MODEL_FILES
+
+    closed: list[str] = []
+    real_close = OrtRunner.close
+    monkeypatch.setattr(OrtRunner, "close", lambda self: (closed.append(self.path.name), real_close(self)))
+    broken = tmp_path / "models"
+    shutil.copytree(reduced_models, broken)
+    (broken / MODEL_FILES["landmark"]).write_bytes(b"not an onnx file")
+    with pytest.raises(Exception, match="landmark.onnx could not be loaded"):
+        Animator(broken, "cpu")
+    # the seven networks and the two face models opened before landmark.onnx failed were all closed
+    assert sorted(closed) == sorted(name for key, name in MODEL_FILES.items() if key != "landmark")
