@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -203,8 +203,26 @@ class LivePortraitProcess:
             image_batch_to_uint8(driving_images, "driving_images"),
             settings,
             pipeline.animator(settings.onnx_device),
+            comfy_progress(),
         )
         return uint8_to_image_batch(crops), uint8_to_image_batch(one_size_batch(fulls))
+
+
+def comfy_progress() -> Callable[[int, int], None] | None:
+    """ComfyUI's progress bar and cancel button for process(), or None outside ComfyUI."""
+    try:
+        import comfy.model_management
+        import comfy.utils
+    except ImportError:
+        return None
+    bars: dict[int, Any] = {}
+
+    def on_frame(done: int, total: int) -> None:
+        comfy.model_management.throw_exception_if_processing_interrupted()  # the user pressed cancel
+        bar = bars.setdefault(total, comfy.utils.ProgressBar(total))
+        bar.update_absolute(done, total)
+
+    return on_frame
 
 
 NODE_CLASS_MAPPINGS = {"LivePortraitRTLoader": LivePortraitRTLoader, "LivePortraitProcess": LivePortraitProcess}

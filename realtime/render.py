@@ -149,10 +149,12 @@ def process(
     driving_images: Sequence[np.ndarray] | np.ndarray | Template,
     options: ProcessOptions,
     animator: Animator,
+    on_frame: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | list[np.ndarray]]:
     """The LivePortraitProcess node: every source (RGB uint8) animated with every driving frame, sources one after
     another, outputs concatenated in that order. Returns (cropped_images Nx512x512x3, full_images NxHxWx3, or a
-    list when the sources differ in size)."""
+    list when the sources differ in size). `on_frame(done, total)` follows each output frame (a host's progress
+    bar); an exception it raises (a host's cancel) stops the run."""
     options.validate()
     sources = list(source_images)
     if not sources:
@@ -161,11 +163,14 @@ def process(
     motions = driving_motions(animator, driving)
     crops: list[np.ndarray] = []
     fulls: list[np.ndarray] = []
+    total = len(sources) * len(motions)
     for source in sources:
         src = animator.prepare_source(to_rgb_uint8(source), options)
         for crop, full in animate_frames(animator, src, motions, options):
             crops.append(crop)
             fulls.append(full)
+            if on_frame is not None:
+                on_frame(len(crops), total)
     same_size = len({f.shape for f in fulls}) == 1
     return np.stack(crops), np.stack(fulls) if same_size else fulls
 

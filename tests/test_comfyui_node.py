@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from comfyui_liveportrait_rt import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, check_project_packages
+from comfyui_liveportrait_rt import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, check_project_packages, nodes
 from comfyui_liveportrait_rt.nodes import (
     FrameSizeError,
     LivePortraitPipe,
@@ -270,3 +270,43 @@ def test_package_imports_the_way_comfyui_loads_custom_nodes(tmp_path: Path, how:
         "realtime": str(REPO / "realtime" / "__init__.py"),
         "comfy": False,
     }
+
+
+def test_inside_comfyui_progress_is_reported_and_cancel_stops_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ComfyUI's modules present, each frame moves its progress bar and checks its cancel button."""
+    import types
+
+    updates: list[tuple[int, int]] = []
+    cancelled = {"now": False}
+
+    class ProgressBar:
+        def __init__(self, total: int) -> None:
+            self.total = total
+
+        def update_absolute(self, value: int, total: int) -> None:
+            updates.append((value, total))
+
+    class Interrupted(Exception):
+        pass
+
+    def check() -> None:
+        if cancelled["now"]:
+            raise Interrupted("processing interrupted")
+
+    comfy = types.ModuleType("comfy")
+    comfy.utils = types.SimpleNamespace(ProgressBar=ProgressBar)
+    comfy.model_management = types.SimpleNamespace(throw_exception_if_processing_interrupted=check)
+    monkeypatch.setitem(sys.modules, "comfy", comfy)
+    monkeypatch.setitem(sys.modules, "comfy.utils", comfy.utils)
+    monkeypatch.setitem(sys.modules, "comfy.model_management", comfy.model_management)
+
+    on_frame = nodes.comfy_progress()
+    on_frame(1, 6)
+    on_frame(2, 6)
+    assert updates == [(1, 6), (2, 6)]
+    cancelled["now"] = True
+    with pytest.raises(Interrupted):
+        on_frame(3, 6)
+    monkeypatch.delitem(sys.modules, "comfy")
+    monkeypatch.setitem(sys.modules, "comfy", None)
+    assert nodes.comfy_progress() is None  # outside ComfyUI

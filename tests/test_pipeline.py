@@ -146,7 +146,9 @@ def test_identity_driving_leaves_the_photo_unchanged_outside_the_mask(animator: 
 def test_process_batches_sources_then_driving_frames_in_order(animator: Animator, media_dir: Path, drive_frames) -> None:
     a = load_image(media_dir / "portraits" / "s0.jpg")
     b = load_image(media_dir / "portraits" / "s5.jpg")
-    crops, fulls = process([a, b], drive_frames[:2], ProcessOptions(), animator)
+    progress: list[tuple[int, int]] = []
+    crops, fulls = process([a, b], drive_frames[:2], ProcessOptions(), animator, lambda *p: progress.append(p))
+    assert progress == [(1, 4), (2, 4), (3, 4), (4, 4)]
     assert crops.shape == (4, 512, 512, 3)
     assert isinstance(fulls, list) and [f.shape for f in fulls] == [a.shape, a.shape, b.shape, b.shape]
     single, _ = process([b], drive_frames[:2], ProcessOptions(), animator)
