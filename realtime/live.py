@@ -14,6 +14,7 @@ import numpy as np
 
 from realtime.crop import BoxSmoother, driving_box
 from realtime.filters import MotionSmoother, ease_toward
+from realtime.images import limit_size
 from realtime.live_api import FrameResult, check_image
 from realtime.motion import Motion
 from realtime.options import ProcessOptions
@@ -21,6 +22,8 @@ from realtime.pipeline import Animator, SourcePortrait, open_animator
 
 #: options that change the source crop, so the portrait must be prepared again when they change
 CROP_OPTIONS = ("dsize", "scale", "vx_ratio", "vy_ratio")
+#: longest side of a portrait in the live app (the virtual camera is 720p; offline renders keep the full size)
+LIVE_MAX_DIM = 1920
 #: typical speed (units per second) of each motion quantity, so one smoothing strength fits them all
 MOTION_UNITS = {"R": 0.5, "exp": 0.05, "t": 0.05, "scale": 0.05}
 
@@ -84,9 +87,12 @@ class LiveProcessor:
         self.last_time = time.monotonic()
 
     def set_source(self, image_rgb: np.ndarray) -> None:
+        """Prepare a portrait; a huge photo is first brought down to LIVE_MAX_DIM, since every live frame is pasted
+        into it, scaled for the preview and letterboxed to 720p for the virtual camera."""
         check_image(image_rgb, "the portrait")
-        self.source = self.animator.prepare_source(image_rgb, self.options)
-        self.image = image_rgb
+        image = limit_size(image_rgb, LIVE_MAX_DIM, division=1)
+        self.source = self.animator.prepare_source(image, self.options)
+        self.image = image
 
     def set_options(self, options: ProcessOptions, smoothing: float, lock_scale: bool) -> None:
         options.validate()

@@ -250,3 +250,11 @@ def test_live_bench_with_the_fake_processor(media_dir: Path, capsys: pytest.Capt
     ]
     assert live_bench([*args[:-2], "--source", str(media_dir / "missing.jpg")]) == 1
     assert capsys.readouterr().err == f"error: image file {media_dir / 'missing.jpg'} does not exist; check the path\n"
+
+
+def test_a_huge_portrait_is_brought_down_for_live_use(processor: LiveProcessor, media_dir: Path) -> None:
+    image = portrait(media_dir, "s6.jpg")
+    huge = cv2.resize(image, (4000, 4000 * image.shape[0] // image.shape[1]))
+    processor.set_source(huge)
+    assert max(processor.source.image.shape[:2]) == 1920
+    assert processor.source.mask.shape[:2] == processor.source.image.shape[:2]
