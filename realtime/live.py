@@ -96,12 +96,11 @@ class LiveProcessor:
 
     def set_options(self, options: ProcessOptions, smoothing: float, lock_scale: bool) -> None:
         options.validate()
-        recrop = any(getattr(options, k) != getattr(self.options, k) for k in CROP_OPTIONS)
+        if self.image is not None and any(getattr(options, k) != getattr(self.options, k) for k in CROP_OPTIONS):
+            self.source = self.animator.prepare_source(self.image, options)  # first: if it fails, nothing changed
         self.options, self.lock_scale = options, lock_scale
         if smoothing != self.smoother.strength:
             self.smoother = MotionSmoother(smoothing, MOTION_UNITS)
-        if recrop and self.image is not None:
-            self.source = self.animator.prepare_source(self.image, options)
 
     def recalibrate(self) -> None:
         """The next frame becomes neutral; the filters start afresh so no lag of the old pose leaks into it."""

@@ -359,6 +359,8 @@ class LiveLoop:
                 try:
                     fn()
                 except Exception as exc:  # a rejected option must not stop the stream
+                    if self.stop_event.is_set():
+                        return  # aborted by stop(): nothing to report
                     log.exception("live command failed")
                     with self.lock:
                         self.stats_.status = str(exc)

@@ -48,6 +48,25 @@ def test_real_processor_streams_switches_portrait_and_closes(
     qtbot.waitUntil(lambda: animated(second_shape), timeout=WAIT_MS)
     assert "portrait" not in window.messages
 
+    # every animation control reaches the real processor, and the animation goes on with the new options
+    changes = {
+        "dsize": 256, "scale": 2.0, "vx_ratio": 0.05, "vy_ratio": -0.2, "lip_zero": False, "eye_retargeting": True,
+        "eyes_retargeting_multiplier": 1.5, "lip_retargeting": True, "lip_retargeting_multiplier": 0.5,
+        "stitching": False, "relative": False,
+    }
+    for name, value in changes.items():
+        widget = window.option_widgets[name]
+        widget.setChecked(value) if isinstance(value, bool) else widget.setValue(value)
+    window.smoothing_slider.setValue(50)
+    window.lock_scale_check.setChecked(True)
+    processor = window.processor
+    qtbot.waitUntil(lambda: all(getattr(processor.options, k) == pytest.approx(v) for k, v in changes.items()),
+                    timeout=WAIT_MS)
+    assert processor.smoother.strength == pytest.approx(0.5) and processor.lock_scale
+    assert processor.source.dsize == 256  # the crop options prepared the portrait again
+    shown = window.frames_shown
+    qtbot.waitUntil(lambda: window.frames_shown >= shown + 1 and animated(second_shape), timeout=WAIT_MS)
+
     loop = window.loop
     threads = list(loop.threads)
     assert {t.name for t in threads} == {"live-capture", "live-process", "live-render", "live-output"}
