@@ -428,7 +428,8 @@ class LiveLoop:
             frame.out_ts = time.monotonic()
             with self.lock:
                 sinks = self.sinks
-                self.latencies.append(frame.latency_ms)
+                if frame.result.output is not None:  # the animation's latency: camera-only frames would hide it
+                    self.latencies.append(frame.latency_ms)
                 self.out_times.append(frame.out_ts)
                 self.stats_.delivered += 1
             with self.send_lock:

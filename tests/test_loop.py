@@ -163,6 +163,8 @@ def test_no_processor_still_shows_camera() -> None:
         loop.stop()
     assert sink.frames[-1].result.output is None and sink.frames[-1].result.status == "no models loaded"
     assert sink.frames[-1].camera.shape == (48, 64, 3)
+    stats = loop.stats()
+    assert stats.fps > 0 and stats.latency_p50_ms == stats.latency_p95_ms == 0  # nothing animated: no latency yet
 
 
 def test_broken_sink_is_removed_others_continue() -> None:
