@@ -173,7 +173,7 @@ def measure(animator: Animator, source: Path, driving: Path, frames: int) -> Pip
     prepare_ms = (time.perf_counter() - start) * 1e3
     costs: list[FrameCost] = []
     reference: Motion | None = None
-    runners = [*animator.nets.runners.values(), *animator.faces.runners]
+    runners = animator.runners
     with timed_networks(runners) as clock:
         motions = _driving_motions(animator, driving, WARMUP + frames)
         while True:

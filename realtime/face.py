@@ -14,12 +14,12 @@ import cv2
 import numpy as np
 
 from engines import Runner, open_runners
-from export.layout import FACE_ONNX
+from export.layout import FACE_INPUT_SHAPES, FACE_ONNX
 from realtime.crop import crop_image, crop_transform, transform_pts
 from realtime.images import ImageInputError
 
 #: detector input side: the frame is letterboxed into this square (det_size of the official FaceAnalysisDIY)
-DET_SIZE = 512
+DET_SIZE = FACE_INPUT_SHAPES["det_10g"][-1]
 #: score threshold: the CLI's 0.15 (spec 3.2), which is what `python inference.py` runs with; CropConfig's 0.1
 #: is never reached from the CLI, and the slightly higher value also rejects more half-faces in a webcam feed
 DET_THRESHOLD = 0.15
@@ -168,7 +168,7 @@ class FaceDetector:
 class Landmark106:
     """2d106det: 106 points from a detection box (spec 3.3)."""
 
-    SIZE = 192
+    SIZE = FACE_INPUT_SHAPES["2d106det"][-1]
 
     def __init__(self, runner: Runner) -> None:
         self.runner = runner
@@ -195,7 +195,7 @@ class Landmark106:
 class Landmark203:
     """landmark.onnx: 203 points, cropped from an existing landmark set (spec 3.4)."""
 
-    SIZE = 224
+    SIZE = FACE_INPUT_SHAPES["landmark"][-1]
     SCALE = 1.5
     VY_RATIO = -0.1
 

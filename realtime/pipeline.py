@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
-from engines import open_runners
+from engines import Runner, open_runners
 from export.layout import NETWORK_ONNX
 from realtime.crop import CropInfo, box_o2c, crop_box, crop_source, transform_pts
 from realtime.face import FaceModels, eye_ratio, lip_ratio
@@ -98,10 +98,6 @@ class Networks:
     def close(self) -> None:
         for runner in self.runners.values():
             runner.close()
-
-    def interrupt(self) -> None:
-        for runner in self.runners.values():
-            runner.interrupt()
 
 
 @dataclass
@@ -245,10 +241,14 @@ class Animator:
         self.nets.close()
         self.faces.close()
 
+    @property
+    def runners(self) -> list[Runner]:
+        """Every model runner: the seven networks and the three face models."""
+        return [*self.nets.runners.values(), *self.faces.runners]
+
     def interrupt(self) -> None:
         """Abort the frame in flight (the app is closing)."""
-        self.nets.interrupt()
-        for runner in self.faces.runners:
+        for runner in self.runners:
             runner.interrupt()
 
 

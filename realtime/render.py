@@ -233,11 +233,12 @@ def make_template(animator: Animator, driving_path: Path, out: Path, overwrite: 
 def held_ratios(motions: list[Motion]) -> list[Motion]:
     """Frames where no face was seen get the eye/lip ratios of the nearest earlier (else later) frame that had
     them, as the live path holds the last pose, so a template keeps ratios unless no frame ever had a face."""
-    known = [i for i, m in enumerate(motions) if m.eye_ratio is not None]
-    if not known:
+    last = next((m for m in motions if m.eye_ratio is not None), None)
+    if last is None:
         return motions
     held = []
-    for i, motion in enumerate(motions):
-        j = max((k for k in known if k <= i), default=known[0])
-        held.append(replace(motion, eye_ratio=motions[j].eye_ratio, lip_ratio=motions[j].lip_ratio))
+    for motion in motions:
+        if motion.eye_ratio is not None:
+            last = motion
+        held.append(replace(motion, eye_ratio=last.eye_ratio, lip_ratio=last.lip_ratio))
     return held
