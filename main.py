@@ -71,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--source", type=Path, required=True, help="portrait image")
     p.add_argument("--camera", default=argparse.SUPPRESS, help="camera index (default 0), or a video file")
     p.add_argument("--virtual-cam", action="store_true", help="send the output to the virtual camera")
+    p.add_argument("--mirror", action="store_true", help="flip the camera: the portrait moves like your reflection")
     p.add_argument("--no-window", action="store_true", help="run headless (no window), e.g. only into the virtual camera")
     p.add_argument("--frames", type=int, help="with --no-window: stop after this many frames")
     p.add_argument("--record", type=Path, help="with --no-window: also record the output to this .mp4")
@@ -128,11 +129,12 @@ def cmd_live(args: argparse.Namespace) -> int:
         if args.frames or args.record or args.force:
             raise ValueError("--frames, --record and --force apply with --no-window; in the window, use its record button")
         return run_app(args.models, args.backend, make_processor, camera=camera, portrait=args.source,
-                       options=options, virtual_cam=args.virtual_cam)
+                       options=options, virtual_cam=args.virtual_cam, mirror=args.mirror or None)
     processor = make_processor(args.models, args.backend)
     processor.set_options(options, 0.3, False)
     processor.set_source(load_image(args.source))
-    stats = run_headless(processor, open_camera(camera), args.virtual_cam, args.frames, record=args.record, overwrite=args.force)
+    stats = run_headless(processor, open_camera(camera), args.virtual_cam, args.frames, record=args.record,
+                         overwrite=args.force, mirror=args.mirror)
     print(stats.line())
     return 0
 

@@ -187,6 +187,7 @@ class LiveLoop:
         # the last applied state, re-applied when the processor is replaced
         self.source_image: np.ndarray | None = None
         self.settings: tuple[ProcessOptions, float, bool] | None = None
+        self.mirror = False  # owned by the process thread (changed by a command), like the processor
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -246,6 +247,18 @@ class LiveLoop:
 
     def recalibrate(self) -> None:
         self._command(lambda: self.processor.recalibrate() if self.processor is not None else None)
+
+    def set_mirror(self, on: bool) -> None:
+        """Flip camera frames left-right before tracking, so the portrait moves like the user's reflection (and
+        the preview shows the mirror image). The flipped view is a new neutral, so it recalibrates."""
+
+        def apply() -> None:
+            if on != self.mirror:
+                self.mirror = on
+                if self.processor is not None:
+                    self.processor.recalibrate()
+
+        self._command(apply)
 
     def set_processor(self, processor: FrameProcessor | None) -> Future[None]:
         """Swap the processor (the old one is closed); the current portrait and options are re-applied to it."""
@@ -373,6 +386,8 @@ class LiveLoop:
             item = self.captured_q.get(POLL_S)
             if item is None:
                 continue
+            if self.mirror:  # flipped here, where the recalibration it needs is applied, never a frame apart
+                item.image = np.ascontiguousarray(item.image[:, ::-1])
             if pipelined:
                 tracked, ms = self._timed(lambda: processor.track(item.image))
                 if not isinstance(tracked, FrameResult):
@@ -455,6 +470,7 @@ def run_headless(
     report: Callable[[str], None] | None = None,
     report_every_s: float = 2.0,
     stop_event: threading.Event | None = None,
+    mirror: bool = False,
 ) -> LiveStats:
     """Run without a window until `frames` frames were delivered (None: until Ctrl+C or stop_event).
 
@@ -476,6 +492,7 @@ def run_headless(
             say(str(exc))
     say(f"processor: {processor.backend}")
     loop = LiveLoop(processor, camera, sinks)
+    loop.set_mirror(mirror)
     stop = stop_event or threading.Event()
     loop.start()
     next_report = time.monotonic() + report_every_s

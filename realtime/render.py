@@ -4,6 +4,7 @@ image folders, single images or motion templates, and the `render` / `template` 
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -16,7 +17,7 @@ from realtime.images import ImageInputError, load_image, to_rgb_uint8
 from realtime.motion import Motion, image_reference
 from realtime.options import ProcessOptions
 from realtime.pipeline import NET_SIZE, Animator, DrivingFrame, SourcePortrait
-from realtime.record import VideoFile, refuse_existing
+from realtime.record import VideoFile, has_audio, refuse_existing
 from realtime.templates import Template, load_template, save_template
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -34,6 +35,8 @@ class DrivingClip:
 
     frames: Callable[[], Iterator[np.ndarray]]
     fps: float
+    #: the video whose sound track goes into the rendered videos (None: no sound)
+    audio: Path | None = None
 
 
 def _video_frames(path: Path) -> Iterator[np.ndarray]:
@@ -55,7 +58,7 @@ def open_video(path: Path) -> DrivingClip:
     capture.release()
     if next(_video_frames(path), None) is None:
         raise DrivingInputError(f"{path} has no readable video frames; use an .mp4/.avi/.mov video, an image or a folder")
-    return DrivingClip(lambda: _video_frames(path), fps if 0 < fps < 1000 else DEFAULT_FPS)
+    return DrivingClip(lambda: _video_frames(path), fps if 0 < fps < 1000 else DEFAULT_FPS, path if has_audio(path) else None)
 
 
 def open_images(paths: Sequence[Path]) -> DrivingClip:
@@ -180,13 +183,15 @@ class RenderReport:
     frames: int
     seconds: float
     stage_ms: dict[str, float]
+    sound: Path | None = None
 
     @property
     def fps(self) -> float:
         return self.frames / self.seconds if self.seconds else 0.0
 
     def summary(self) -> str:
-        return f"{self.frames} frames in {self.seconds:.1f} s ({self.fps:.2f} fps)"
+        sound = f", with the sound of {self.sound.name}" if self.sound else ""
+        return f"{self.frames} frames in {self.seconds:.1f} s ({self.fps:.2f} fps){sound}"
 
 
 def render(
@@ -201,22 +206,22 @@ def render(
 ) -> RenderReport:
     """Animate one portrait with a driving input into a full-frame video (and optionally the crops)."""
     driving = open_driving(driving_path)
-    sinks = [VideoFile(out, driving.fps, overwrite)] + ([VideoFile(crop_out, driving.fps, overwrite)] if crop_out else [])
+    sound = driving.audio if isinstance(driving, DrivingClip) else None
+    sinks = [VideoFile(path, driving.fps, overwrite, sound) for path in (out, crop_out) if path is not None]
     src = animator.prepare_source(load_image(source_path), options)  # no face: fail before any slow work
     animator.timer.reset()
     start = time.perf_counter()
     frames = 0
-    try:
+    with ExitStack() as closing:  # every file is finished, even when one of them fails
+        for sink in sinks:
+            closing.callback(sink.close)
         motions = driving_motions(animator, driving)
         for crop, full in progress(animate_frames(animator, src, motions, options), len(motions)):
             sinks[0].write(full)
             if crop_out:
                 sinks[1].write(crop)
             frames += 1
-    finally:
-        for sink in sinks:
-            sink.close()
-    return RenderReport(frames, time.perf_counter() - start, dict(animator.timer.ms))
+    return RenderReport(frames, time.perf_counter() - start, dict(animator.timer.ms), sound)
 
 
 def make_template(animator: Animator, driving_path: Path, out: Path, overwrite: bool = False) -> int:

@@ -358,3 +358,44 @@ def test_a_replaced_processor_is_closed_only_after_its_last_frame_is_rendered() 
         loop.stop()
     assert old.closed
     assert all(end <= old.closed_at for _, _, end in old.spans["render"])
+
+
+class HalfLitCamera(SyntheticCamera):
+    """Frames dark on the left half, bright on the right: a flip is visible in every pixel column."""
+
+    def read(self) -> np.ndarray:
+        frame = super().read()
+        frame[:, :32], frame[:, 32:] = 10, 200
+        return frame
+
+
+class SeeingProcessor(FakeProcessor):
+    """Remembers the left column of the last frame it was given."""
+
+    left = -1
+
+    def process(self, frame_rgb: np.ndarray) -> FrameResult:
+        self.left = int(frame_rgb[0, 0, 0])
+        return super().process(frame_rgb)
+
+
+def test_mirror_flips_what_the_processor_and_the_preview_see_and_recalibrates_once() -> None:
+    processor = SeeingProcessor()
+    sink = ListSink()
+    loop = LiveLoop(processor, HalfLitCamera(0.002), [sink])
+    loop.start()
+    try:
+        wait_for(lambda: processor.left == 10 and sink.frames)
+        assert sink.frames[-1].camera[0, 0, 0] == 10
+        loop.set_mirror(True)
+        loop.set_mirror(True)  # already mirrored: no second neutral
+        wait_for(lambda: processor.left == 200)
+        seen = processor.frames
+        wait_for(lambda: processor.frames > seen + 3)
+        assert processor.left == 200 and processor.recalibrations == 1
+        assert all(f.camera[0, 0, 0] == 200 and f.camera[0, -1, 0] == 10 for f in sink.frames[-2:])
+        loop.set_mirror(False)
+        wait_for(lambda: processor.left == 10)
+        assert processor.recalibrations == 2
+    finally:
+        assert loop.stop(2.0)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import cv2
@@ -10,6 +11,7 @@ import pytest
 
 from main import main
 from realtime.images import load_image
+from realtime.record import ffmpeg_exe, has_audio
 from realtime.templates import load_template, save_template
 
 
@@ -33,6 +35,15 @@ def short_video(media_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     for frame in frames:
         writer.write(frame)
     writer.release()
+    return path
+
+
+@pytest.fixture(scope="module")
+def talking_video(media_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first 0.1 s (three frames) of a shared driving video, with its sound."""
+    path = tmp_path_factory.mktemp("talking") / "talking.mp4"
+    subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-i", str(media_dir / "driving" / "d10.mp4"), "-t", "0.1",
+                    "-c:v", "libx264", "-c:a", "aac", str(path)], check=True)
     return path
 
 
@@ -74,6 +85,19 @@ def test_render_from_a_template_writes_full_frames_and_crops(
     code, _, err = _run(args, capsys)
     assert code == 1 and err == f"error: {out} already exists; choose another name, or allow replacing it (--force on the command line)\n"
     assert out.stat().st_mtime_ns == before
+
+
+def test_render_from_a_video_keeps_its_sound(
+    reduced_models: Path, media_dir: Path, talking_video: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, crops = tmp_path / "out.mp4", tmp_path / "crops.mp4"
+    code, stdout, _ = _run(["render", "--models", str(reduced_models), "--backend", "cpu", "--source",
+                            str(media_dir / "portraits" / "s5.jpg"), "--driving", str(talking_video), "--out", str(out),
+                            "--crop-out", str(crops)], capsys)
+    assert code == 0
+    assert re.fullmatch(rf"wrote {re.escape(str(out))}: 3 frames in .* fps\), with the sound of talking\.mp4\n", stdout)
+    assert has_audio(talking_video) and has_audio(out) and has_audio(crops)
+    assert _video_info(out) == (3, 720, 720) and _video_info(crops) == (3, 512, 512)
 
 
 def test_template_command_saves_the_shared_format(
@@ -170,7 +194,8 @@ def test_live_headless_runs_and_says_when_there_is_no_virtual_camera(
     monkeypatch.setattr(vcam, "_pyvirtualcam", no_device)
     code, stdout, err = _run(["live", "--models", str(reduced_models), "--backend", "cpu", "--no-window",
                               "--source", str(media_dir / "portraits" / "s5.jpg"),
-                              "--camera", str(media_dir / "driving" / "d10.mp4"), "--virtual-cam", "--frames", "2"],
+                              "--camera", str(media_dir / "driving" / "d10.mp4"), "--virtual-cam", "--frames", "2",
+                              "--mirror"],
                              capsys)
     assert code == 0
     assert "virtual camera unavailable" in err.lower() and "modprobe v4l2loopback" in err

@@ -117,9 +117,11 @@ def test_switch_portraits_mid_stream_and_persist(qtbot, make_window, media_dir: 
     assert window.recent_list.count() == 2
     assert window.recent_list.item(0).data(Qt.ItemDataRole.UserRole) == str(second.resolve())
     window.option_widgets["scale"].setValue(3.0)
+    window.mirror_check.setChecked(True)
+    qtbot.waitUntil(lambda: window.loop.mirror, timeout=WAIT_MS)
     window.close()
     saved = json.loads((tmp_path / "config" / "settings.json").read_text())
-    assert saved["recent_portraits"] == [str(second.resolve()), str(first.resolve())]
+    assert saved["recent_portraits"] == [str(second.resolve()), str(first.resolve())] and saved["mirror"] is True
     assert saved["options"]["scale"] == 3.0 and saved["camera"].endswith("d11.mp4")
     assert Settings.load(tmp_path / "config" / "settings.json").options["scale"] == 3.0
 
@@ -247,9 +249,11 @@ def test_command_line_options_and_virtual_camera_start_with_the_window(qtbot, ma
     virtual camera already on."""
     factory = Factory()
     options = ProcessOptions(scale=2.0, stitching=False, eyes_retargeting_multiplier=2.5)
-    window = make_window(factory, portrait=media_dir / "portraits" / "s0.jpg", options=options, virtual_cam=True)
+    window = make_window(factory, portrait=media_dir / "portraits" / "s0.jpg", options=options, virtual_cam=True,
+                         mirror=True)
     flowing(qtbot, window)
     assert window.current_options() == options
+    assert window.mirror_check.isChecked() and window.loop.mirror
     assert window.vcam is not None and window.vcam_check.isChecked()
     qtbot.waitUntil(lambda: factory.made[0].options == options, timeout=WAIT_MS)
     qtbot.waitUntil(lambda: len(window.vcam.cam.sent) >= 1, timeout=WAIT_MS)

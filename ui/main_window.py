@@ -91,8 +91,10 @@ class MainWindow(QMainWindow):
         vcam_backend: Callable[[int, int, float], CameraBackend] | None = None,
         options: ProcessOptions | None = None,
         virtual_cam: bool = False,
+        mirror: bool | None = None,
     ) -> None:
-        """`options` (e.g. from the command line) replace the saved ones; `virtual_cam` starts the output at once."""
+        """`options` and `mirror` (e.g. from the command line) replace the saved ones; `virtual_cam` starts the
+        output at once."""
         super().__init__()
         self.setWindowTitle("LivePortrait RT")
         self.setAcceptDrops(True)
@@ -101,6 +103,8 @@ class MainWindow(QMainWindow):
         self.settings = Settings.load(settings_path)
         if options is not None:
             self.settings.options = {k: v for k, v in options.__dict__.items() if k != "onnx_device"}
+        if mirror is not None:
+            self.settings.mirror = mirror
         self.loop: LiveLoop | None = None
         self.processor: FrameProcessor | None = None
         self.portrait_image: np.ndarray | None = None
@@ -199,6 +203,10 @@ class MainWindow(QMainWindow):
         self.fps_spin.setValue(self.settings.fps)
         form.addRow("Resolution", self.resolution_combo)
         form.addRow("FPS", self.fps_spin)
+        self.mirror_check = QCheckBox("mirror: the portrait moves like your reflection")
+        self.mirror_check.setChecked(self.settings.mirror)
+        self.mirror_check.toggled.connect(self._set_mirror)
+        form.addRow(self.mirror_check)
         apply = QPushButton("Open camera")
         apply.clicked.connect(lambda: self._on_camera_chosen(self.camera_combo.currentIndex()))
         form.addRow(apply)
@@ -403,8 +411,14 @@ class MainWindow(QMainWindow):
         else:
             self.loop.set_camera(source)
 
+    def _set_mirror(self, on: bool) -> None:
+        self.settings.mirror = on
+        if self.loop is not None:
+            self.loop.set_mirror(on)
+
     def _start_loop(self, source: FrameSource) -> None:
         self.loop = LiveLoop(self.processor, source, [CallbackSink(self._frame_from_loop)])
+        self.loop.set_mirror(self.settings.mirror)
         self._push_options()
         if self.portrait_image is not None:
             self._watch_source(self.loop.set_source(self.portrait_image), "")
@@ -485,7 +499,9 @@ class MainWindow(QMainWindow):
             self.stop_recording()
             return
         path, _ = QFileDialog.getSaveFileName(self, "Record the animated portrait", "live.mp4", "MP4 video (*.mp4)")
-        if path:
+        if path and not Path(path).suffix:  # the dialog did not add the ending: the file it asked about is not this one
+            self.start_recording(Path(path + ".mp4"))
+        elif path:
             self.start_recording(Path(path), overwrite=True)  # the save dialog already asked before overwriting
 
     def start_recording(self, path: Path, overwrite: bool = False) -> None:

@@ -32,6 +32,7 @@ class Settings:
     options: dict[str, object] = field(default_factory=dict)
     smoothing: float = 0.3
     lock_scale: bool = False
+    mirror: bool = False
 
     @classmethod
     def load(cls, path: Path) -> "Settings":

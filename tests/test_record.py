@@ -1,0 +1,99 @@
+"""Video files: H.264 written through imageio-ffmpeg's ffmpeg, a driving video's sound muxed in, one-line errors."""
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from realtime.record import RecordError, VideoFile, ffmpeg_exe, has_audio
+
+
+def probe(path: Path) -> str:
+    """ffmpeg's own description of a media file (streams, duration)."""
+    return subprocess.run([ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True, text=True).stderr
+
+
+def duration_s(path: Path) -> float:
+    h, m, s = re.search(r"Duration: (\d+):(\d+):([\d.]+)", probe(path)).groups()
+    return int(h) * 3600 + int(m) * 60 + float(s)
+
+
+def read_frames(path: Path) -> list[np.ndarray]:
+    capture = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+    capture.release()
+    return frames
+
+
+def clip(path: Path, seconds: float, sound: bool) -> Path:
+    """A generated test clip (ffmpeg's test pattern), with a 440 Hz tone when `sound`."""
+    inputs = ["-f", "lavfi", "-i", f"testsrc=size=160x120:rate=25:duration={seconds}"]
+    if sound:
+        inputs += ["-f", "lavfi", "-i", f"sine=frequency=440:duration={seconds}"]
+    subprocess.run([ffmpeg_exe(), "-loglevel", "error", *inputs, "-pix_fmt", "yuv420p", str(path)], check=True)
+    return path
+
+
+def frames_of(count: int, height: int, width: int) -> list[np.ndarray]:
+    """Smooth, different frames (H.264 is lossy: gradients survive it closely, noise would not)."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    return [
+        np.stack([(xx * 200 // width + 20 * i), (yy * 200 // height), np.full_like(xx, 40 * i)], -1).astype(np.uint8)
+        for i in range(count)
+    ]
+
+
+def test_frames_come_back_from_h264_and_odd_sides_get_one_black_line(tmp_path: Path) -> None:
+    out = tmp_path / "odd.mp4"
+    frames = frames_of(5, 501, 375)
+    video = VideoFile(out, 25)
+    for frame in frames:
+        video.write(frame)
+    video.close()
+    info = probe(out)
+    assert re.search(r"Video: h264 .*yuv420p.*376x502", info), info
+    assert "Audio:" not in info and not has_audio(out)
+    back = read_frames(out)
+    assert len(back) == 5
+    for sent, got in zip(frames, back):
+        assert got.shape == (502, 376, 3)
+        assert np.abs(got[:501, :375].astype(int) - sent).mean() < 2.0
+        luma = cv2.cvtColor(got, cv2.COLOR_RGB2GRAY).astype(int)
+        assert luma[-1].mean() < 20 and luma[:, -1].mean() < 20 < 120 < luma[-2].mean()  # padding is black
+
+
+def test_the_driving_videos_sound_is_kept_and_cut_to_the_animation(tmp_path: Path) -> None:
+    talking = clip(tmp_path / "talking.mp4", 2.0, sound=True)
+    silent = clip(tmp_path / "silent.mp4", 0.4, sound=False)
+    assert has_audio(talking) and not has_audio(silent) and not has_audio(tmp_path / "nothing.mp4")
+    out = tmp_path / "out.mp4"
+    video = VideoFile(out, 25, audio_from=talking)
+    for frame in frames_of(10, 120, 160):
+        video.write(frame)
+    video.close()
+    assert re.search(r"Audio: aac", probe(out)) and len(read_frames(out)) == 10
+    assert 0.35 <= duration_s(out) <= 0.5  # 10 frames at 25 fps: the 2 s of sound are cut to the video
+
+
+def test_bad_names_and_failed_encodes_get_one_line_errors(tmp_path: Path) -> None:
+    with pytest.raises(RecordError, match=r"out\.gif: video files are written as \.mp4, \.mov, \.mkv; use one of"):
+        VideoFile(tmp_path / "out.gif", 25)
+    with pytest.raises(RecordError, match=r"folder .*missing does not exist; create it or choose another file"):
+        VideoFile(tmp_path / "missing" / "out.mp4", 25)
+    folder = tmp_path / "gone"
+    folder.mkdir()
+    video = VideoFile(folder / "out.mp4", 25)
+    folder.rmdir()  # the folder went away between choosing the file and the first frame
+    with pytest.raises(RecordError, match=r"writing .*gone/out\.mp4 failed \(.*No such file or directory\); check the disk"):
+        for frame in frames_of(3, 480, 640):
+            video.write(frame)
+        video.close()
