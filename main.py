@@ -57,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("render", parents=[common], help="animate a portrait with a video, image folder, image or template")
     p.add_argument("--source", type=Path, required=True, help="portrait image")
     p.add_argument("--driving", type=Path, required=True, help="video, image folder, image or template .npz")
-    p.add_argument("--out", type=Path, required=True, help="full-frame output video (.mp4)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="full-frame output video (.mp4), or a picture (.png/.jpg) for one driving image")
     p.add_argument("--crop-out", type=Path, help="also write the animated 512x512 crops to this video")
     p.add_argument("--force", action="store_true", help="replace output files that already exist")
     _add_options(p)

@@ -10,6 +10,7 @@ import re
 import subprocess
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from realtime.loop import LiveFrame
@@ -37,6 +38,13 @@ def refuse_existing(path: Path, overwrite: bool) -> None:
     """Nothing the user made is replaced without asking: raise unless `path` is free or replacing was allowed."""
     if Path(path).exists() and not overwrite:
         raise RecordExistsError(f"{path} already exists; choose another name, or allow replacing it (--force on the command line)")
+
+
+def check_target(path: Path, overwrite: bool) -> None:
+    """An output file can be written: it is new (or replacing it was allowed) and its folder exists."""
+    refuse_existing(path, overwrite)
+    if not Path(path).parent.is_dir():
+        raise RecordError(f"folder {Path(path).parent} does not exist; create it or choose another file")
 
 
 def ffmpeg_exe() -> str:
@@ -70,9 +78,7 @@ class VideoFile:
         self.path = Path(path)
         if self.path.suffix.lower() not in VIDEO_SUFFIXES:
             raise RecordError(f"{self.path}: video files are written as {', '.join(VIDEO_SUFFIXES)}; use one of those endings")
-        refuse_existing(self.path, overwrite)
-        if not self.path.parent.is_dir():
-            raise RecordError(f"folder {self.path.parent} does not exist; create it or choose another file")
+        check_target(self.path, overwrite)
         self.fps = fps
         self.audio_from = audio_from
         self.exe = ffmpeg_exe()  # a missing ffmpeg is said before any slow work
@@ -123,6 +129,31 @@ class VideoFile:
 
     def close(self) -> None:
         self._finish()
+
+
+class ImageFile:
+    """A one-frame render (a driving expression image or a one-frame template) as a picture, same interface as
+    VideoFile; it never replaces an existing file unless allowed."""
+
+    def __init__(self, path: Path, overwrite: bool = False) -> None:
+        self.path = Path(path)
+        check_target(self.path, overwrite)
+        self.written = False
+
+    def write(self, frame_rgb: np.ndarray) -> None:
+        if self.written:
+            raise RecordError(f"{self.path} is a picture and holds one frame; name the output .mp4 for an animation")
+        ok, data = cv2.imencode(self.path.suffix, np.ascontiguousarray(frame_rgb[..., ::-1]))
+        if not ok:
+            raise RecordError(f"cannot encode {self.path}; use a .png or .jpg name")
+        try:
+            data.tofile(str(self.path))  # tofile, unlike cv2.imwrite, takes non-ASCII paths on Windows
+        except OSError as exc:
+            raise RecordError(f"cannot write {self.path} ({exc.strerror}); check the disk and the folder") from exc
+        self.written = True
+
+    def close(self) -> None:
+        pass
 
 
 class Recorder:

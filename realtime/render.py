@@ -17,7 +17,7 @@ from realtime.images import ImageInputError, load_image, to_rgb_uint8
 from realtime.motion import Motion, image_reference
 from realtime.options import ProcessOptions
 from realtime.pipeline import NET_SIZE, Animator, DrivingFrame, SourcePortrait
-from realtime.record import VideoFile, has_audio, refuse_existing
+from realtime.record import ImageFile, VideoFile, has_audio, refuse_existing
 from realtime.templates import Template, load_template, save_template
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -37,6 +37,8 @@ class DrivingClip:
     fps: float
     #: the video whose sound track goes into the rendered videos (None: no sound)
     audio: Path | None = None
+    #: how many frames, where known without reading them (None for a video)
+    count: int | None = None
 
 
 def _video_frames(path: Path) -> Iterator[np.ndarray]:
@@ -63,7 +65,7 @@ def open_video(path: Path) -> DrivingClip:
 
 def open_images(paths: Sequence[Path]) -> DrivingClip:
     """Still images as a clip, read lazily (each checked and converted to RGB uint8)."""
-    return DrivingClip(lambda: (load_image(p) for p in paths), DEFAULT_FPS)
+    return DrivingClip(lambda: (load_image(p) for p in paths), DEFAULT_FPS, count=len(paths))
 
 
 def open_driving(path: Path) -> DrivingClip | Template:
@@ -191,7 +193,8 @@ class RenderReport:
 
     def summary(self) -> str:
         sound = f", with the sound of {self.sound.name}" if self.sound else ""
-        return f"{self.frames} frames in {self.seconds:.1f} s ({self.fps:.2f} fps){sound}"
+        frames = f"{self.frames} frame{'' if self.frames == 1 else 's'}"
+        return f"{frames} in {self.seconds:.1f} s ({self.fps:.2f} fps){sound}"
 
 
 def render(
@@ -207,7 +210,7 @@ def render(
     """Animate one portrait with a driving input into a full-frame video (and optionally the crops)."""
     driving = open_driving(driving_path)
     sound = driving.audio if isinstance(driving, DrivingClip) else None
-    sinks = [VideoFile(path, driving.fps, overwrite, sound) for path in (out, crop_out) if path is not None]
+    sinks = [_sink(path, driving, overwrite, sound) for path in (out, crop_out) if path is not None]
     src = animator.prepare_source(load_image(source_path), options)  # no face: fail before any slow work
     animator.timer.reset()
     start = time.perf_counter()
@@ -222,6 +225,17 @@ def render(
                 sinks[1].write(crop)
             frames += 1
     return RenderReport(frames, time.perf_counter() - start, dict(animator.timer.ms), sound)
+
+
+def _sink(path: Path, driving: DrivingClip | Template, overwrite: bool, sound: Path | None) -> VideoFile | ImageFile:
+    """A video file, or a picture (.png, .jpg, ...) where the driving input is one frame (an expression image)."""
+    if Path(path).suffix.lower() not in IMAGE_SUFFIXES:
+        return VideoFile(path, driving.fps, overwrite, sound)
+    count = len(driving) if isinstance(driving, Template) else driving.count
+    if count != 1:
+        frames = "a video" if count is None else f"{count} frames"
+        raise DrivingInputError(f"{path} is a picture but the driving input is {frames}; name the output .mp4")
+    return ImageFile(path, overwrite)
 
 
 def make_template(animator: Animator, driving_path: Path, out: Path, overwrite: bool = False) -> int:

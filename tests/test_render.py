@@ -217,7 +217,7 @@ def test_the_cpu_runtime_needs_neither_torch_nor_onnx(reduced_models: Path, medi
     done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.startswith(f"wrote {out}: 1 frames in ")
+    assert done.stdout.startswith(f"wrote {out}: 1 frame in ")
 
 
 def test_template_refuses_an_existing_file_before_any_work(
@@ -258,3 +258,18 @@ def test_a_models_folder_given_once_is_remembered(
         resolve_models_dir(None)
     assert resolve_models_dir(reduced_models) == reduced_models
     assert resolve_models_dir(None) == reduced_models.resolve()  # the next start without --models
+
+
+def test_one_driving_image_renders_to_a_picture(
+    reduced_models: Path, media_dir: Path, short_template: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = media_dir / "portraits" / "s5.jpg"
+    out, crop = tmp_path / "out.png", tmp_path / "crop.jpg"
+    base = ["render", "--models", str(reduced_models), "--backend", "cpu", "--source", str(source)]
+    code, stdout, _ = _run([*base, "--driving", str(media_dir / "driving" / "d12.jpg"), "--out", str(out),
+                            "--crop-out", str(crop)], capsys)
+    assert code == 0 and stdout.startswith(f"wrote {out}: 1 frame in ")
+    assert load_image(out).shape == load_image(source).shape and load_image(crop).shape == (512, 512, 3)
+    for driving, what in ((media_dir / "driving" / "d10.mp4", "a video"), (short_template, "2 frames")):
+        code, _, err = _run([*base, "--driving", str(driving), "--out", str(tmp_path / "many.png")], capsys)
+        assert code == 1 and err == f"error: {tmp_path / 'many.png'} is a picture but the driving input is {what}; name the output .mp4\n"
