@@ -26,7 +26,7 @@ import numpy as np
 
 from bench.pipeline import DEFAULT_DRIVING, DEFAULT_SOURCE, media_default
 from engines.base import ModelLoadError, Runner
-from engines.trt import gpu_info
+from engines.trt import NoGpuError, find_gpu
 from export.layout import NETWORK_ONNX
 from realtime.live_api import FrameResult, PipelinedProcessor
 
@@ -160,10 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"error: unknown backend(s) {unknown}; choose from {', '.join(BACKEND_NAMES)}", file=sys.stderr)
         return 1
-    gpu = gpu_info()
-    if gpu is None:
-        print("error: no NVIDIA GPU found (or no driver / cuda-python); this benchmark needs one: "
-              "run it on a GPU machine with requirements-gpu.txt installed", file=sys.stderr)
+    try:
+        gpu = find_gpu()
+    except NoGpuError as exc:
+        print(f"error: {exc}; this benchmark needs an NVIDIA GPU: run it on a GPU machine with requirements-gpu.txt "
+              "installed", file=sys.stderr)
         return 1
     try:
         from realtime.images import load_image

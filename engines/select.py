@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engines.base import ModelLoadError
-from engines.trt import GpuInfo, gpu_info, import_tensorrt
+from engines.trt import GpuInfo, NoGpuError, find_gpu, import_tensorrt
 
 #: user-facing backend names; "auto" picks the first that works of tensorrt, cuda, cpu
 BACKENDS = ("auto", "cpu", "cuda", "tensorrt")
@@ -34,8 +34,13 @@ def probe_tensorrt() -> str:
     return str(import_tensorrt().__version__)
 
 
-#: the first NVIDIA GPU or None; asked once per process
-probe_gpu = functools.lru_cache(maxsize=1)(gpu_info)
+@functools.lru_cache(maxsize=1)
+def probe_gpu() -> GpuInfo | str:
+    """The first NVIDIA GPU, or why there is none; asked once per process."""
+    try:
+        return find_gpu()
+    except NoGpuError as exc:
+        return str(exc)
 
 
 @functools.lru_cache(maxsize=1)
@@ -92,8 +97,8 @@ def _tensorrt_problem(models_dir: Path, precision: str) -> tuple[str | None, str
     except ModelLoadError as exc:  # "<problem>; <fix>": the reason sentence wants the problem only
         return str(exc).split("; ")[0], ""
     gpu = probe_gpu()
-    if gpu is None:
-        return "no NVIDIA GPU was found", ""
+    if isinstance(gpu, str):
+        return gpu, ""
     state = engines_state(models_dir, gpu, version, precision)
     if state is None:
         return f"{models_dir} lacks the ONNX models to build engines from", ""

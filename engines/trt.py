@@ -35,7 +35,22 @@ TRT_DTYPES = {
 
 
 class CudaError(RuntimeError):
-    """A CUDA runtime call failed; the message names the call and CUDA's error."""
+    """A CUDA runtime call failed; the message names the call and CUDA's error, `code` is the error's name."""
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class NoGpuError(ModelLoadError):
+    """No NVIDIA GPU can be used; the message says why in the user's terms."""
+
+
+#: CUDA's start-up errors as a user can act on them (cudart reports a missing driver as an insufficient one)
+NO_GPU_REASONS = {
+    "cudaErrorInsufficientDriver": "no NVIDIA driver, or one too old for CUDA 13 (it needs driver 580 or newer)",
+    "cudaErrorNoDevice": "no NVIDIA GPU was found",
+}
 
 
 class StaleEngineError(ModelLoadError):
@@ -133,7 +148,7 @@ class CudaRuntime:
         result = getattr(self.rt, name)(*args)
         err, values = result[0], result[1:]
         if err != self.rt.cudaError_t.cudaSuccess:
-            raise CudaError(f"{name} failed: {err.name}")
+            raise CudaError(f"{name} failed: {err.name}", err.name)
         return values[0] if len(values) == 1 else values or None
 
     def device(self, index: int = 0) -> GpuInfo:
@@ -191,14 +206,27 @@ class CudaRuntime:
         self._call("cudaGraphExecDestroy", executable)
 
 
-def gpu_info() -> GpuInfo | None:
-    """The first NVIDIA GPU, or None where there is no driver, no GPU or no cuda-python."""
+def find_gpu() -> GpuInfo:
+    """The first NVIDIA GPU, or NoGpuError saying why there is none (no cuda-python, no or an old driver, no GPU)."""
     try:
         cuda = CudaRuntime()
-        if cuda._call("cudaGetDeviceCount") < 1:
-            return None
-        return cuda.device(0)
-    except (ModelLoadError, CudaError, OSError, RuntimeError) as exc:
+        gpu = cuda.device(0) if cuda._call("cudaGetDeviceCount") > 0 else None
+    except ModelLoadError as exc:  # cuda-python missing: its message is "<problem>; <fix>"
+        raise NoGpuError(str(exc).split("; ")[0]) from exc
+    except CudaError as exc:
+        raise NoGpuError(NO_GPU_REASONS.get(exc.code, f"CUDA could not start ({exc})")) from exc
+    except OSError as exc:
+        raise NoGpuError(f"the CUDA libraries could not be loaded ({exc})") from exc
+    if gpu is None:
+        raise NoGpuError(NO_GPU_REASONS["cudaErrorNoDevice"])
+    return gpu
+
+
+def gpu_info() -> GpuInfo | None:
+    """The first NVIDIA GPU, or None (find_gpu says why)."""
+    try:
+        return find_gpu()
+    except NoGpuError as exc:
         log.debug("no usable GPU: %s", exc)
         return None
 

@@ -18,7 +18,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from engines.base import ModelLoadError
-from engines.trt import GpuInfo, StaleEngineError, TrtRunner, gpu_info, import_tensorrt, trt_logger
+from engines.trt import GpuInfo, NoGpuError, StaleEngineError, TrtRunner, find_gpu, import_tensorrt, trt_logger
 from export.layout import MODEL_FILES
 from export.trt_cache import (
     EngineKey,
@@ -297,12 +297,14 @@ def build_plan(trt: Any, onnx_path: Path, precision: str, timing_cache: Path | N
 
 def _environment(trt: Any | None, gpu: GpuInfo | None) -> tuple[Any, GpuInfo]:
     trt = trt if trt is not None else import_tensorrt()
-    gpu = gpu if gpu is not None else gpu_info()
     if gpu is None:
-        raise TrtBuildError(
-            "no NVIDIA GPU found: TensorRT engines are built on the GPU that runs them; "
-            "build on that machine, or use the ONNX Runtime backends"
-        )
+        try:
+            gpu = find_gpu()
+        except NoGpuError as exc:
+            raise TrtBuildError(
+                f"{exc}: TensorRT engines are built on the GPU that runs them; "
+                "build on that machine, or use the ONNX Runtime backends"
+            ) from exc
     return trt, gpu
 
 

@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from engines.trt import GpuInfo
+from engines.trt import NO_GPU_REASONS, GpuInfo, NoGpuError
 from export import trt_build
 from export.trt_build import (
     RECIPE,
@@ -328,8 +328,12 @@ def test_a_model_with_dynamic_inputs_says_to_re_export(rtx, tmp_path: Path) -> N
 
 
 def test_build_engines_without_a_gpu_says_so(rtx, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(trt_build, "gpu_info", lambda: None)
-    with pytest.raises(TrtBuildError, match=r"^no NVIDIA GPU found: TensorRT engines are built on the GPU that runs them;"):
+    def old_driver() -> GpuInfo:
+        raise NoGpuError(NO_GPU_REASONS["cudaErrorInsufficientDriver"])
+
+    monkeypatch.setattr(trt_build, "find_gpu", old_driver)
+    with pytest.raises(TrtBuildError, match=r"^no NVIDIA driver, or one too old for CUDA 13 \(it needs driver 580 or newer\): "
+                       r"TensorRT engines are built on the GPU that runs them;"):
         build_engines(_models_dir(tmp_path), tmp_path / "engines", trt=rtx)
 
 

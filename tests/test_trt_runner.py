@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import ctypes
+import inspect
+import re
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -11,13 +13,17 @@ import pytest
 
 from engines.base import ModelLoadError
 from engines.trt import (
+    NO_GPU_REASONS,
     CudaError,
+    CudaRuntime,
     DeviceArray,
     GpuInfo,
+    NoGpuError,
     RunnerClosedError,
     StaleEngineError,
     TrtRunner,
     engine_io,
+    find_gpu,
     gpu_info,
     host_view,
     trt_logger,
@@ -400,3 +406,31 @@ def test_tensorrt_engine_matches_onnxruntime(real_gpu, tmp_path: Path, precision
         for _ in range(3):  # plain run, captured run, graph replay
             got = runner.infer(feeds)["image"]
             np.testing.assert_allclose(got, expected, atol=tolerance)
+
+
+def test_the_pinned_cuda_python_takes_every_call_and_no_gpu_is_explained() -> None:
+    """The real cuda-python of requirements (not a fake): every runtime call CudaRuntime makes exists, each method
+    reaches CUDA with arguments of the types it accepts, and on a machine without a driver the failure is CUDA's
+    own error code, which find_gpu turns into the user's reason."""
+    runtime = pytest.importorskip("cuda.bindings.runtime", reason="cuda-python is not installed (requirements-dev.txt)")
+    import cuda.bindings
+
+    assert cuda.bindings.__version__.split(".")[0] == "13"  # requirements-gpu.txt pins cuda-python 13
+    if gpu_info() is not None:
+        pytest.skip("this machine has a GPU: the no-driver path cannot be seen here (the gpu tests run instead)")
+    names = set(re.findall(r'_call\("(\w+)"', inspect.getsource(CudaRuntime) + inspect.getsource(find_gpu)))
+    assert len(names) == 16 and {name for name in names if not hasattr(runtime, name)} == set()
+    calls = {
+        "device": (0,), "malloc": (16,), "free": (0,), "malloc_host": (16,), "free_host": (0,),
+        "copy_htod": (0, 0, 4, 0), "copy_dtoh": (0, 0, 4, 0), "stream_create": (), "stream_sync": (0,),
+        "stream_destroy": (0,), "capture_begin": (0,), "capture_end": (0,), "graph_launch": (0, 0), "graph_destroy": (0,),
+    }
+    assert set(calls) == {name for name in vars(CudaRuntime) if not name.startswith("_")}
+    cuda_runtime = CudaRuntime()
+    for method, args in calls.items():
+        with pytest.raises(CudaError) as caught:
+            getattr(cuda_runtime, method)(*args)
+        assert caught.value.code in NO_GPU_REASONS, (method, str(caught.value))
+    with pytest.raises(NoGpuError) as caught:
+        find_gpu()
+    assert str(caught.value) in NO_GPU_REASONS.values()
