@@ -15,7 +15,7 @@ from pathlib import Path
 from dataclasses import fields
 
 from engines.select import BACKENDS
-from realtime.options import OPTION_RANGES, ProcessOptions
+from realtime.options import ANIMATION_REGIONS, OPTION_RANGES, ProcessOptions
 
 
 def _common(suppress: bool) -> argparse.ArgumentParser:
@@ -30,13 +30,16 @@ def _common(suppress: bool) -> argparse.ArgumentParser:
 
 def _add_options(parser: argparse.ArgumentParser) -> None:
     """One flag per ProcessOptions field, with the node's defaults and ranges."""
-    group = parser.add_argument_group("animation options (the LivePortraitProcess node's)")
+    group = parser.add_argument_group("animation options (the LivePortraitProcess node's, then the official pipeline's)")
     for field in fields(ProcessOptions):
         if field.name == "onnx_device":
             continue  # --backend chooses where the networks run
         flag, default = "--" + field.name.replace("_", "-"), getattr(ProcessOptions(), field.name)
         if isinstance(default, bool):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        elif field.name == "animation_region":
+            group.add_argument(flag, choices=ANIMATION_REGIONS, default=default,
+                               help="what the driver moves: all, exp (expression only), pose, lip or eyes")
         else:
             low, high = OPTION_RANGES[field.name]
             group.add_argument(flag, type=type(default), default=default, help=f"{low:g} to {high:g}, default {default:g}")

@@ -16,7 +16,7 @@ from export.layout import WEIGHT_FILES, missing_models
 from realtime import render
 from realtime.images import ImageInputError
 from realtime.live_api import DOWNLOAD_COMMAND, ModelsMissingError
-from realtime.options import DEVICES, OPTION_RANGES, ProcessOptions
+from realtime.options import DEVICES, NODE_OPTIONS, OPTION_RANGES, ProcessOptions
 from realtime.pipeline import Animator
 from realtime.settings import resolve_models_dir
 
@@ -170,7 +170,7 @@ class LivePortraitProcess:
     def INPUT_TYPES(cls) -> dict[str, dict[str, tuple]]:
         defaults = ProcessOptions()
         options: dict[str, tuple] = {}
-        for name in ProcessOptions.names():
+        for name in NODE_OPTIONS:
             value = getattr(defaults, name)
             if isinstance(value, bool):
                 options[name] = ("BOOLEAN", {"default": value})

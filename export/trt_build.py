@@ -9,6 +9,7 @@ whose outputs are coordinates (motion extractor, landmarks) or that are tiny MLP
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -39,7 +40,7 @@ FP32_MODELS = frozenset({"motion_extractor", "stitching", "lip", "eye", "landmar
 
 #: version of how an engine is made from its ONNX file (mixed_fp16, fp32_nodes, FP32_MODELS, the builder
 #: config): part of every engine's cache key, so BUMP IT whenever one of those changes and engines get rebuilt
-RECIPE = 1
+RECIPE = 2
 
 #: ops that stop the walk back from a grid: they are the expensive layers FP16 is for
 _HEAVY_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
@@ -48,6 +49,10 @@ _FP32_ONLY_INPUTS = {"Resize": frozenset({1, 2}), "Upsample": frozenset({1})}
 _CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
 
 Log = Callable[[str], None]
+
+#: one engine build at a time in a process: builds share the timing cache file and the TensorRT logger's error
+#: list, and the window's model loading can overlap a render thread building an image-op engine
+_BUILD_LOCK = threading.Lock()
 
 
 class TrtBuildError(ModelLoadError):
@@ -272,6 +277,15 @@ def _progress_monitor(trt: Any, label: str) -> Any:
     return Monitor()
 
 
+def builder_config(trt: Any, builder: Any, precision: str) -> Any:
+    """The build settings. TensorRT lets FLOAT convolutions and matmuls round their inputs to TF32 (a 10-bit
+    mantissa, as coarse as FP16's) unless told not to: an FP32 engine, chosen for precision, must not."""
+    config = builder.create_builder_config()
+    if precision == "fp32":
+        config.clear_flag(trt.BuilderFlag.TF32)
+    return config
+
+
 def build_plan(trt: Any, onnx_path: Path, precision: str, timing_cache: Path | None = None, progress: bool = True) -> bytes:
     """Serialized engine for one ONNX model; the timing cache file is read and updated when given."""
     onnx_path = Path(onnx_path)
@@ -279,7 +293,7 @@ def build_plan(trt: Any, onnx_path: Path, precision: str, timing_cache: Path | N
     # the network points into memory the parser owns (its weights): the parser must outlive the build
     builder, network, parser = parse_onnx(trt, _model_bytes(onnx_path, precision), onnx_path.name)
     check_static(network, model)
-    config = builder.create_builder_config()
+    config = builder_config(trt, builder, precision)
     _timing_cache(config, timing_cache)
     monitor = _progress_monitor(trt, model) if progress else None  # kept alive for the whole build
     if monitor is not None:
@@ -320,14 +334,15 @@ def ensure_engine(
     key = engine_key(onnx_path, gpu, trt.__version__, precision)
     chosen = key.precision
     engine = engine_path(cache_dir, model, key)
-    reason = stale_reason(engine, key)
-    if reason is None:
-        log(f"{model}: {chosen} engine up to date ({engine})")
-        return engine
-    log(f"{model}: building the {chosen} engine ({reason}); this takes a while, once per GPU")
-    start = time.perf_counter()
-    plan = build_plan(trt, onnx_path, chosen, engine.parent / "timing.cache")
-    store_engine(engine, key, plan)
+    with _BUILD_LOCK:  # asked again inside: another thread may have just built this very engine
+        reason = stale_reason(engine, key)
+        if reason is None:
+            log(f"{model}: {chosen} engine up to date ({engine})")
+            return engine
+        log(f"{model}: building the {chosen} engine ({reason}); this takes a while, once per GPU")
+        start = time.perf_counter()
+        plan = build_plan(trt, onnx_path, chosen, engine.parent / "timing.cache")
+        store_engine(engine, key, plan)
     log(f"{model}: built in {time.perf_counter() - start:.1f} s, {len(plan) / 1e6:.1f} MB -> {engine}")
     return engine
 

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -101,8 +102,14 @@ def forget_engine(engine: Path) -> None:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write beside the target, then rename over it: a reader sees the old file or the new one, never half."""
+    """Write beside the target (a name of its own per writer), then rename over it: a reader sees the old file or
+    the new one, never half, and two writers never share a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(data)
-    os.replace(partial, path)
+    handle, partial = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".partial")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        os.replace(partial, path)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise

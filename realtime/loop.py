@@ -173,6 +173,7 @@ class LiveLoop:
         self.captured_q: DropOldestQueue[Captured] = DropOldestQueue(queue_size)
         self.tracked_q: DropOldestQueue[Tracked] = DropOldestQueue(queue_size)
         self.rendering: PipelinedProcessor | None = None  # whose frame the render thread is rendering
+        self.retired: list[FrameProcessor] = []  # replaced while the render thread still held them at stop()
         self.output_q: DropOldestQueue[LiveFrame] = DropOldestQueue(queue_size)
         self.lock = threading.Lock()
         self.send_lock = threading.RLock()  # held while sinks run, so a sink is never closed mid-send
@@ -203,8 +204,9 @@ class LiveLoop:
     def stop(self, timeout: float = 2.0) -> bool:
         """Join every thread within `timeout` s in total, then close camera, sinks and processor. True if joined."""
         self.stop_event.set()
-        if self.processor is not None:
-            self.processor.interrupt()  # a CPU frame can take seconds: abort it rather than wait
+        rendering = self.rendering
+        for processor in {id(p): p for p in (self.processor, rendering) if p is not None}.values():
+            processor.interrupt()  # a CPU frame can take seconds: abort it rather than wait
         deadline = time.monotonic() + timeout
         for thread in self.threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -217,8 +219,10 @@ class LiveLoop:
         for sink in self.sinks:
             sink.close()
         self.sinks = []
-        if self.processor is not None and joined:  # a thread still inside it would use freed sessions/buffers
-            self.processor.close()
+        if joined:  # a thread still inside a processor would use freed sessions/buffers
+            for processor in [*self.retired, *([self.processor] if self.processor is not None else [])]:
+                processor.close()
+            self.retired = []
         return joined
 
     # -- controls (any thread) ----------------------------------------------------------------------------------
@@ -280,17 +284,19 @@ class LiveLoop:
         self._command(apply)
         return future
 
-    def _retire(self, old: FrameProcessor, timeout: float = 5.0) -> None:
+    def _retire(self, old: FrameProcessor) -> None:
         """Close a replaced processor once the render thread no longer holds a frame of it (on the process thread,
-        which tracks no new frame meanwhile)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not self.stop_event.is_set():
+        which tracks no new frame meanwhile). There is no deadline: a GPU frame can take long (building an engine
+        for a new portrait size), and closing under it would free buffers its kernels still use. If the loop stops
+        first, stop() closes it after joining the threads."""
+        while not self.stop_event.is_set():
             with self.lock:
                 busy = self.rendering is old or any(item.processor is old for item in self.tracked_q.items)
             if not busy:
-                break
+                old.close()
+                return
             time.sleep(POLL_S / 5)
-        old.close()
+        self.retired.append(old)
 
     def set_camera(self, source: FrameSource) -> None:
         """Switch to another camera/video; the capture thread closes the old one."""

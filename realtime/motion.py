@@ -48,6 +48,24 @@ def _abs_exp_mask() -> np.ndarray:
 #: (21, 3) bool: exp entries copied from the driving frame by absolute motion, region "all"
 ABSOLUTE_EXP_MASK = _abs_exp_mask()
 
+#: the keypoints whose expression the "lip" and "eyes" animation regions move (spec 6)
+REGION_KEYPOINTS = {"lip": (6, 12, 14, 17, 19, 20), "eyes": (11, 13, 15, 16, 18)}
+
+
+def region_exp_mask(region: str) -> np.ndarray:
+    """(21, 1) bool: the keypoints whose expression follows the driver in `region` (none for "pose")."""
+    mask = np.zeros((K, 1), dtype=bool)
+    if region in ("all", "exp"):
+        mask[:] = True
+    elif region in REGION_KEYPOINTS:
+        mask[list(REGION_KEYPOINTS[region])] = True
+    return mask
+
+
+def moves_pose(region: str) -> bool:
+    """Whether the driver's head rotation and translation reach the portrait in `region`."""
+    return region in ("all", "pose")
+
 
 def headpose_deg(logits: np.ndarray) -> float:
     """Degrees from a 66-bin head: the softmax expectation of the bin index, 3 degrees a bin, centred on 97.5."""
@@ -146,21 +164,24 @@ def image_reference(drv: Motion) -> Motion:
     return replace(drv, exp=LIP_ARRAY.copy())
 
 
-def relative_motion(src: KpInfo, drv: Motion, ref: Motion) -> np.ndarray:
-    """x_d for region "all": the driving frame's change since the reference frame, applied to the source.
-    With drv == ref this gives x_s back (up to rounding of R_ref @ R_ref^T)."""
-    R_new = (drv.R @ ref.R.T) @ src.R
-    exp_new = src.exp + (drv.exp - ref.exp)
-    scale_new = src.scale * (drv.scale / ref.scale)
-    t_new = src.t + (drv.t - ref.t)
+def relative_motion(src: KpInfo, drv: Motion, ref: Motion, region: str = "all") -> np.ndarray:
+    """x_d: the driving frame's change since the reference frame, applied to the source, for the parts of the
+    face that `region` animates (the rest keep the source's). With drv == ref this gives x_s back in every region
+    (up to rounding of R_ref @ R_ref^T)."""
+    pose = moves_pose(region)
+    R_new = (drv.R @ ref.R.T) @ src.R if pose else src.R
+    exp_new = np.where(region_exp_mask(region), src.exp + (drv.exp - ref.exp), src.exp)
+    scale_new = src.scale * (drv.scale / ref.scale) if region == "all" else src.scale
+    t_new = src.t + (drv.t - ref.t) if pose else src.t
     return transform_kp(src.kp, R_new, exp_new, scale_new, t_new)
 
 
-def absolute_motion(src: KpInfo, drv: Motion) -> np.ndarray:
-    """x_d for region "all" without a reference: driving pose and translation, source scale, and only the
-    ABSOLUTE_EXP_MASK entries of the driving expression (the rest keep the source's)."""
-    exp_new = np.where(ABSOLUTE_EXP_MASK, drv.exp, src.exp)
-    return transform_kp(src.kp, drv.R, exp_new, src.scale, drv.t)
+def absolute_motion(src: KpInfo, drv: Motion, region: str = "all") -> np.ndarray:
+    """x_d without a reference: driving pose and translation (where `region` moves the pose), source scale, and
+    the driving expression where both ABSOLUTE_EXP_MASK and the region take it (the rest keep the source's)."""
+    pose = moves_pose(region)
+    exp_new = np.where(ABSOLUTE_EXP_MASK & region_exp_mask(region), drv.exp, src.exp)
+    return transform_kp(src.kp, drv.R if pose else src.R, exp_new, src.scale, drv.t if pose else src.t)
 
 
 def kp_delta(delta: np.ndarray, name: str = "retargeting") -> np.ndarray:
@@ -260,17 +281,26 @@ def compose_driving_kp(
         driving pose and expression is discarded and only the retargeted eyes/lips move.
     A retargeting delta needs both its source ratio (c_s_*, None without source landmarks) and its driving
     ratio (c_d_*, None without driving landmarks or when a template lacks ratios); it is skipped otherwise.
-    c_d_eyes is (left, right) but only the left ratio is used, as in the official code. The official final
-    x_s + (x_d' - x_s) * driving_multiplier is the identity at its fixed 1.0 and is left out.
+    c_d_eyes is (left, right) but only the left ratio is used, as in the official code. Last, as officially,
+    x_s + (x_d' - x_s) * driving_multiplier scales the whole motion (1.0: unchanged).
     """
     if not (options.eye_retargeting or options.lip_retargeting):
         x = stitch(x_s, x_d, stitching_mlp) if options.stitching else x_d
-        return x if lip_delta0 is None else x + lip_delta0
-    x = x_s if options.relative else x_d
-    if options.eye_retargeting and c_s_eyes is not None and c_d_eyes is not None:
-        eye = eye_input(x_s, c_s_eyes, float(c_d_eyes[0]), options.eyes_retargeting_multiplier)
-        x = x + kp_delta(eye_mlp(eye), "eye")
-    if options.lip_retargeting and c_s_lip is not None and c_d_lip is not None:
-        lip = lip_input(x_s, c_s_lip, c_d_lip, options.lip_retargeting_multiplier)
-        x = x + kp_delta(lip_mlp(lip), "lip")
-    return stitch(x_s, x, stitching_mlp) if options.stitching else x
+        if lip_delta0 is not None:
+            x = x + lip_delta0
+    else:
+        x = x_s if options.relative else x_d
+        if options.eye_retargeting and c_s_eyes is not None and c_d_eyes is not None:
+            eye = eye_input(x_s, c_s_eyes, float(c_d_eyes[0]), options.eyes_retargeting_multiplier)
+            x = x + kp_delta(eye_mlp(eye), "eye")
+        if options.lip_retargeting and c_s_lip is not None and c_d_lip is not None:
+            lip = lip_input(x_s, c_s_lip, c_d_lip, options.lip_retargeting_multiplier)
+            x = x + kp_delta(lip_mlp(lip), "lip")
+        if options.stitching:
+            x = stitch(x_s, x, stitching_mlp)
+    return with_multiplier(x_s, x, options.driving_multiplier)
+
+
+def with_multiplier(x_s: np.ndarray, x_d: np.ndarray, multiplier: float) -> np.ndarray:
+    """x_s + (x_d - x_s) * multiplier: the official driving_multiplier, a strength for all the motion."""
+    return x_d if multiplier == 1.0 else x_s + (x_d - x_s) * np.float32(multiplier)

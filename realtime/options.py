@@ -1,11 +1,16 @@
-"""Animation options: one plain dataclass with the `LivePortraitProcess` node's names and defaults."""
+"""Animation options: one plain dataclass with the `LivePortraitProcess` node's names and defaults, plus two of the
+official pipeline's (animation_region, driving_multiplier) that the app and the command line offer."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
 DEVICES = ("CPU", "CUDA")
+#: what the driving motion moves (the official `animation_region`): everything, the expression only, the head pose
+#: only, the lips only or the eyes only
+ANIMATION_REGIONS = ("all", "exp", "pose", "lip", "eyes")
 
-#: (min, max) of every numeric option: the node's ranges, shared by validation, the window and the ComfyUI node
+#: (min, max) of every numeric option (the node's own ranges for its options), shared by validation, the window,
+#: the command line and the ComfyUI node
 OPTION_RANGES: dict[str, tuple[float, float]] = {
     "dsize": (64, 2048),
     "scale": (1.0, 4.0),
@@ -13,6 +18,7 @@ OPTION_RANGES: dict[str, tuple[float, float]] = {
     "vy_ratio": (-1.0, 1.0),
     "eyes_retargeting_multiplier": (0.01, 10.0),
     "lip_retargeting_multiplier": (0.01, 10.0),
+    "driving_multiplier": (0.0, 2.0),
 }
 
 
@@ -32,6 +38,8 @@ class ProcessOptions:
     stitching: bool = True
     relative: bool = True
     onnx_device: str = "CPU"
+    animation_region: str = "all"
+    driving_multiplier: float = 1.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -44,7 +52,17 @@ class ProcessOptions:
                 raise ValueError(f"{name} must be between {low:g} and {high:g}, got {value!r}")
         if self.onnx_device not in DEVICES:
             raise ValueError(f"onnx_device must be one of {', '.join(DEVICES)}, got {self.onnx_device!r}")
+        if self.animation_region not in ANIMATION_REGIONS:
+            raise ValueError(
+                f"animation_region must be one of {', '.join(ANIMATION_REGIONS)}, got {self.animation_region!r}"
+            )
 
     @classmethod
     def names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
+
+
+#: the official pipeline's options that the LivePortraitProcess node does not have (the app and CLI offer them)
+PIPELINE_OPTIONS = ("animation_region", "driving_multiplier")
+#: the LivePortraitProcess node's inputs, in its order
+NODE_OPTIONS = tuple(name for name in ProcessOptions.names() if name not in PIPELINE_OPTIONS)

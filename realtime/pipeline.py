@@ -96,7 +96,9 @@ class Networks:
         return lambda x: runner.infer({"x": x.astype(np.float32)})["delta"]
 
     def close(self) -> None:
-        for runner in self.runners.values():
+        """In reverse order: the generator queues its work on the warping module's stream, so it must wait for
+        that stream before the warping module, its owner, destroys it."""
+        for runner in reversed(self.runners.values()):
             runner.close()
 
 
@@ -209,7 +211,8 @@ class Animator:
     def keypoints(self, src: SourcePortrait, drv: Motion, ref: Motion, options: ProcessOptions) -> np.ndarray:
         """x_d': motion transfer (relative to `ref`, or absolute), then stitching / retargeting (Algorithm 1)."""
         with self.timer("stitching/retargeting"):
-            x_d = relative_motion(src.info, drv, ref) if options.relative else absolute_motion(src.info, drv)
+            region = options.animation_region
+            x_d = relative_motion(src.info, drv, ref, region) if options.relative else absolute_motion(src.info, drv, region)
             return compose_driving_kp(
                 src.x_s,
                 x_d,

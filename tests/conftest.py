@@ -71,3 +71,16 @@ def portrait(media_dir: Path):
     from realtime.images import load_image
 
     return load_image(media_dir / "portraits" / "s0.jpg")
+
+
+@pytest.fixture(scope="session")
+def real_gpu():
+    """(tensorrt module, GpuInfo) on a machine with an NVIDIA GPU and TensorRT; elsewhere the test skips, saying
+    which of the two is missing and why."""
+    from engines.base import ModelLoadError
+    from engines.trt import find_gpu, import_tensorrt
+
+    try:
+        return import_tensorrt(), find_gpu()
+    except ModelLoadError as exc:  # NoGpuError is one
+        pytest.skip(f"needs an NVIDIA GPU with TensorRT: {exc}")

@@ -341,12 +341,15 @@ def test_a_burst_of_option_changes_applies_only_the_last() -> None:
     assert processor.applied[-1] is burst[-1] and len(processor.applied) < 10
 
 
-def test_a_replaced_processor_is_closed_only_after_its_last_frame_is_rendered() -> None:
-    class Closing(TwoHalves):
-        def close(self) -> None:
-            self.closed_at = time.monotonic()
-            super().close()
+class Closing(TwoHalves):
+    """Notes when it was closed."""
 
+    def close(self) -> None:
+        self.closed_at = time.monotonic()
+        super().close()
+
+
+def test_a_replaced_processor_is_closed_only_after_its_last_frame_is_rendered() -> None:
     old, new = Closing(0.05, overlap=True), TwoHalves(0.001, overlap=True)
     loop = LiveLoop(old, SyntheticCamera(0.002), [])
     loop.start()
@@ -358,6 +361,19 @@ def test_a_replaced_processor_is_closed_only_after_its_last_frame_is_rendered() 
         loop.stop()
     assert old.closed
     assert all(end <= old.closed_at for _, _, end in old.spans["render"])
+
+
+def test_a_processor_replaced_as_the_loop_stops_is_closed_only_after_its_frame() -> None:
+    """A long frame (a GPU engine build) outlasts any deadline: the old processor is closed after it, by stop()."""
+    old, new = Closing(0.4, overlap=True), TwoHalves(0.001, overlap=True)
+    loop = LiveLoop(old, SyntheticCamera(0.002), [])
+    loop.start()
+    wait_for(lambda: loop.rendering is old)
+    loop.set_processor(new)
+    wait_for(lambda: loop.processor is new)  # the process thread now waits for the render thread to let go
+    assert loop.stop(2.0)
+    assert old.closed and old.spans["render"] and all(end <= old.closed_at for _, _, end in old.spans["render"])
+    assert new.closed and loop.retired == []
 
 
 class HalfLitCamera(SyntheticCamera):

@@ -20,6 +20,7 @@ from realtime.motion import (
     lip_zero_delta,
     lip_zero_input,
     lip_zero_needed,
+    region_exp_mask,
     relative_motion,
     rotation,
     stitching_input,
@@ -181,6 +182,52 @@ def test_absolute_motion_uses_driving_rotation_and_source_scale() -> None:
     np.testing.assert_allclose(absolute_motion(src, drv)[0], [6.0, 4.0, -2.0], atol=1e-6)
 
 
+LIP_KP, EYE_KP = [6, 12, 14, 17, 19, 20], [11, 13, 15, 16, 18]
+
+
+@pytest.mark.parametrize("region", ["all", "exp", "pose", "lip", "eyes"])
+@pytest.mark.parametrize("seed", range(3))
+def test_every_region_gives_x_s_at_the_reference_frame(region: str, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    src, ref = random_info(rng), Motion.from_kp_info(random_info(rng))
+    np.testing.assert_allclose(relative_motion(src, ref, ref, region), src.x, atol=1e-6, rtol=0)
+
+
+def test_relative_regions_move_only_their_part() -> None:
+    rng = np.random.default_rng(7)
+    src, ref, drv = random_info(rng), Motion.from_kp_info(random_info(rng)), Motion.from_kp_info(random_info(rng))
+    moved_exp = src.exp + (drv.exp - ref.exp)
+    R_all, t_all = (drv.R @ ref.R.T) @ src.R, src.t + (drv.t - ref.t)
+
+    def x(R: np.ndarray, exp: np.ndarray, scale: float, t: np.ndarray) -> np.ndarray:
+        return transform_kp(src.kp, R, exp, scale, t)
+
+    only = lambda rows: np.where(np.isin(np.arange(21), rows)[:, None], moved_exp, src.exp)  # noqa: E731
+    expected = {
+        "all": x(R_all, moved_exp, src.scale * drv.scale / ref.scale, t_all),
+        "exp": x(src.R, moved_exp, src.scale, src.t),  # the head stays where the portrait has it
+        "pose": x(R_all, src.exp, src.scale, t_all),  # the portrait keeps its expression
+        "lip": x(src.R, only(LIP_KP), src.scale, src.t),
+        "eyes": x(src.R, only(EYE_KP), src.scale, src.t),
+    }
+    for region, want in expected.items():
+        np.testing.assert_allclose(relative_motion(src, drv, ref, region), want, atol=1e-6, err_msg=region)
+    # the lip region changes exactly the lip keypoints' rows (pose, scale and t stay the source's)
+    changed = np.flatnonzero(np.abs(relative_motion(src, drv, ref, "lip") - src.x).max(axis=1) > 1e-6)
+    assert changed.tolist() == LIP_KP
+    assert region_exp_mask("pose").sum() == 0 and region_exp_mask("exp").all()
+
+
+def test_absolute_regions_keep_the_source_pose_outside_all_and_pose() -> None:
+    src = plain_info()
+    drv = Motion(R=R_YAW_90, exp=np.ones((21, 3), np.float32), scale=3.0, t=np.array([0.5, 0.25, 9.0], np.float32))
+    eyes = absolute_motion(src, drv, "eyes")  # identity pose, zero t: x is the copied expression
+    np.testing.assert_array_equal(np.flatnonzero(eyes.any(axis=1)), EYE_KP)
+    np.testing.assert_array_equal(eyes[EYE_KP], 1.0)
+    np.testing.assert_array_equal(absolute_motion(src, drv, "pose"), np.tile([0.5, 0.25, 0.0], (21, 1)))
+    np.testing.assert_array_equal(absolute_motion(src, drv, "exp"), absolute_motion(src, drv) - [0.5, 0.25, 0.0])
+
+
 # --- section 7.1: stitching ------------------------------------------------------------------------------------------
 
 def test_stitching_input_layout() -> None:
@@ -334,6 +381,16 @@ def test_branch_c_skips_a_delta_without_ratios() -> None:
     np.testing.assert_array_equal(compose(options, c_d_eyes=None, c_s_lip=None), X_S)
     np.testing.assert_allclose(compose(options, eye_mlp=eye_rows, c_d_lip=None), X_S + [0.30, 0.32, 0.10],
                                atol=1e-7)
+
+
+def test_driving_multiplier_scales_the_final_motion_of_every_branch() -> None:
+    mlp = Recorder(lambda x: STITCH_DELTA)
+    for multiplier in (0.0, 0.5, 2.0):
+        x = compose(ProcessOptions(driving_multiplier=multiplier), mlp, lip_delta0=LIP0)
+        np.testing.assert_allclose(x, X_S + (stitched(X_D) + LIP0 - X_S) * multiplier, atol=1e-6)
+    options = ProcessOptions(stitching=False, eye_retargeting=True, driving_multiplier=0.5)
+    np.testing.assert_allclose(compose(options, eye_mlp=eye_rows), X_S + [0.15, 0.16, 0.05], atol=1e-7)
+    np.testing.assert_array_equal(compose(ProcessOptions(stitching=False, driving_multiplier=1.0)), X_D)
 
 
 def test_lip_zero_boundary_changes_only_the_lip_delta() -> None:

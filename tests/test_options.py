@@ -5,7 +5,7 @@ from dataclasses import asdict
 
 import pytest
 
-from realtime.options import OPTION_RANGES, ProcessOptions
+from realtime.options import NODE_OPTIONS, OPTION_RANGES, ProcessOptions
 
 #: the node's ranges, as the issue lists them
 NODE_RANGES = {
@@ -19,11 +19,23 @@ NODE_RANGES = {
 
 
 def test_defaults_are_the_nodes() -> None:
-    assert asdict(ProcessOptions()) == {
+    node = {
         "dsize": 512, "scale": 2.3, "vx_ratio": 0.0, "vy_ratio": -0.125, "lip_zero": True,
         "eye_retargeting": False, "eyes_retargeting_multiplier": 1.0, "lip_retargeting": False,
         "lip_retargeting_multiplier": 1.0, "stitching": True, "relative": True, "onnx_device": "CPU",
     }
+    assert NODE_OPTIONS == tuple(node)
+    # the official pipeline's two extra options default to "no change"
+    assert asdict(ProcessOptions()) == node | {"animation_region": "all", "driving_multiplier": 1.0}
+
+
+def test_the_official_pipeline_options_are_checked() -> None:
+    assert OPTION_RANGES["driving_multiplier"] == (0.0, 2.0)
+    ProcessOptions(animation_region="lip", driving_multiplier=0.0)
+    with pytest.raises(ValueError, match=r"^animation_region must be one of all, exp, pose, lip, eyes, got 'mouth'$"):
+        ProcessOptions(animation_region="mouth")
+    with pytest.raises(ValueError, match=r"^driving_multiplier must be between 0 and 2, got 2.5$"):
+        ProcessOptions(driving_multiplier=2.5)
 
 
 @pytest.mark.parametrize("name", sorted(NODE_RANGES))

@@ -10,7 +10,7 @@ import pytest
 
 from realtime.images import ImageInputError, load_image
 from realtime.live_api import SourceError
-from realtime.motion import Motion, apply_stitching, kp_delta, lip_input, stitching_input
+from realtime.motion import Motion, apply_stitching, kp_delta, lip_input, relative_motion, stitching_input
 from realtime.options import ProcessOptions
 from realtime.crop import transform_pts
 from realtime.paste import OUT_SIZE, output_to_original
@@ -79,6 +79,17 @@ def test_stitching_adds_exactly_the_stitching_network_delta(animator: Animator, 
     expected[:, :2] += delta[63:65]
     np.testing.assert_allclose(stitched, expected, atol=1e-6)
     np.testing.assert_allclose(stitched, apply_stitching(x_d, delta[None]), atol=1e-6)
+
+
+def test_animation_region_and_driving_multiplier_reach_the_keypoints(animator: Animator, source, drive_frames) -> None:
+    frames = list(driving_frames(animator, array_clip(drive_frames)))
+    ref, drv = (animator.driving_motion(frames[i]) for i in (0, 2))
+    for region in ("exp", "pose", "lip"):
+        np.testing.assert_array_equal(animator.keypoints(source, drv, ref, replace(PLAIN, animation_region=region)),
+                                      relative_motion(source.info, drv, ref, region))
+    full = animator.keypoints(source, drv, ref, ProcessOptions())
+    half = animator.keypoints(source, drv, ref, ProcessOptions(driving_multiplier=0.5))
+    np.testing.assert_allclose(half, source.x_s + (full - source.x_s) * 0.5, atol=1e-6)
 
 
 @pytest.mark.parametrize("c_s_lip, mouth_open", [(None, True), (0.0299, False), (0.0301, True)])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,7 +13,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from engines.trt import NO_GPU_REASONS, GpuInfo, NoGpuError
+from engines.trt import NO_GPU_REASONS, GpuInfo, NoGpuError, trt_logger
 from export import trt_build
 from export.trt_build import (
     RECIPE,
@@ -20,9 +21,11 @@ from export.trt_build import (
     TrtParseError,
     build_engines,
     build_plan,
+    builder_config,
     check_parses,
     engine_key,
     engine_precision,
+    ensure_engine,
     fp32_nodes,
     mixed_fp16,
 )
@@ -153,6 +156,13 @@ def test_tensorrt_rtx_builds_an_engine_and_a_timing_cache(rtx, tmp_path: Path) -
     plan = build_plan(rtx, path, "fp16", cache, progress=False)
     assert len(plan) > 1000
     assert cache.stat().st_size > 0
+
+
+def test_fp32_engines_turn_off_tf32_and_fp16_engines_keep_the_default(rtx) -> None:
+    builder = rtx.Builder(trt_logger(rtx))
+    assert builder.create_builder_config().get_flag(rtx.BuilderFlag.TF32)  # TensorRT's default: on
+    assert not builder_config(rtx, builder, "fp32").get_flag(rtx.BuilderFlag.TF32)
+    assert builder_config(rtx, builder, "fp16").get_flag(rtx.BuilderFlag.TF32)
 
 
 def test_unsupported_op_fails_the_check_with_the_node_named(rtx, tmp_path: Path) -> None:
@@ -304,12 +314,24 @@ def test_a_corrupt_timing_cache_is_logged_and_replaced_by_an_empty_one(tmp_path:
     assert trt_build._timing_cache(FakeConfig(mode), path).data == b"good cache"
 
 
+def test_threads_asking_for_the_same_engine_build_it_once(rtx, tmp_path: Path) -> None:
+    """The window's model loading and a render thread can want engines at the same time: one build, one cache."""
+    models, out, log = _models_dir(tmp_path), tmp_path / "engines", []
+    with ThreadPoolExecutor(4) as pool:
+        engines = list(pool.map(
+            lambda _: ensure_engine(models / "warping_module.onnx", out, "fp16", log.append, trt=rtx, gpu=GPU), range(4)
+        ))
+    assert len(set(engines)) == 1 and engines[0].stat().st_size > 1000
+    assert sum("building" in line for line in log) == 1 and sum("up to date" in line for line in log) == 3
+    assert list(engines[0].parent.glob("*.partial")) == []
+
+
 def test_build_with_a_truncated_timing_cache_rewrites_it(rtx, tmp_path: Path) -> None:
     path = save(warp_like(), tmp_path / "warping_module.onnx")
     cache = tmp_path / "timing.cache"
     cache.write_bytes(b"\x00" * 7)
     assert len(build_plan(rtx, path, "fp32", cache, progress=False)) > 1000
-    assert cache.read_bytes() != b"\x00" * 7 and not (tmp_path / "timing.cache.partial").exists()
+    assert cache.read_bytes() != b"\x00" * 7 and list(tmp_path.glob("*.partial")) == []
 
 
 def test_a_model_with_dynamic_inputs_says_to_re_export(rtx, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ctypes
+import logging
 import inspect
 import re
 from pathlib import Path
@@ -377,20 +378,6 @@ def test_every_runtime_gets_the_one_process_logger(tmp_path: Path, cuda: FakeCud
     assert trt_logger(FakeTrt(cuda)) is trt.loggers[0]  # the same TensorRT library: the same logger
 
 
-@pytest.fixture(scope="module")
-def real_gpu() -> tuple[Any, GpuInfo]:
-    gpu = gpu_info()
-    try:
-        from engines.trt import import_tensorrt
-
-        trt = import_tensorrt()
-    except ModelLoadError:
-        trt = None
-    if gpu is None or trt is None:
-        pytest.skip("no NVIDIA GPU / tensorrt not importable")
-    return trt, gpu
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision, tolerance", [("fp32", 1e-4), ("fp16", 2e-2)])
 def test_tensorrt_engine_matches_onnxruntime(real_gpu, tmp_path: Path, precision: str, tolerance: float) -> None:
@@ -434,3 +421,44 @@ def test_the_pinned_cuda_python_takes_every_call_and_no_gpu_is_explained() -> No
     with pytest.raises(NoGpuError) as caught:
         find_gpu()
     assert str(caught.value) in NO_GPU_REASONS.values()
+
+
+class StreamCuda(FakeCuda):
+    """Distinct streams; using a destroyed one fails, as CUDA's invalid-handle error does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.streams = 10
+        self.destroyed: set[int] = set()
+
+    def stream_create(self) -> int:
+        self.streams += 1
+        return self.streams
+
+    def stream_sync(self, stream: Any) -> None:
+        if stream in self.destroyed:
+            raise CudaError("cudaStreamSynchronize failed: cudaErrorInvalidResourceHandle", "cudaErrorInvalidResourceHandle")
+        super().stream_sync(stream)
+
+    def stream_destroy(self, stream: Any) -> None:
+        self.destroyed.add(stream)
+        super().stream_destroy(stream)
+
+
+def test_networks_close_the_generator_before_the_warping_module_whose_stream_it_uses(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from export.layout import NETWORK_ONNX
+    from realtime.pipeline import Networks
+
+    cuda = StreamCuda()
+    nets = Networks.__new__(Networks)  # the real close() over runners opened on the fake CUDA
+    nets.runners = {name: _runner(tmp_path, cuda, f"{name}.engine") for name in NETWORK_ONNX}
+    warp, generator = nets.runners["warping_module"], nets.runners["spade_generator"]
+    stream = warp.stream
+    generator.enqueue({"x": np.zeros((1, 3), np.float32)}, stream)  # as the GPU renderer chains decode
+    with caplog.at_level(logging.WARNING, logger="engines.trt"):
+        nets.close()
+    assert caplog.records == []  # no "stream synchronize failed while closing"
+    assert cuda.calls.index(f"sync {stream}") < cuda.calls.index(f"destroy stream {stream}")
+    assert cuda.memory == {}

@@ -76,12 +76,16 @@ def test_every_control_reaches_the_processor(qtbot, make_window, media_dir: Path
     changes = {
         "dsize": 256, "scale": 2.0, "vx_ratio": 0.1, "vy_ratio": -0.3, "lip_zero": False,
         "eye_retargeting": True, "eyes_retargeting_multiplier": 1.5, "lip_retargeting": True,
-        "lip_retargeting_multiplier": 0.5, "stitching": False, "relative": False,
+        "lip_retargeting_multiplier": 0.5, "stitching": False, "relative": False, "animation_region": "exp",
+        "driving_multiplier": 0.5,
     }
     assert set(changes) | {"onnx_device"} == set(ProcessOptions.names())
     for name, value in changes.items():
         widget = window.option_widgets[name]
-        widget.setChecked(value) if isinstance(value, bool) else widget.setValue(value)
+        if isinstance(value, str):
+            widget.setCurrentIndex(widget.findData(value))
+        else:
+            widget.setChecked(value) if isinstance(value, bool) else widget.setValue(value)
         qtbot.waitUntil(lambda: getattr(processor.options, name) == pytest.approx(value), timeout=WAIT_MS)
     window.smoothing_slider.setValue(70)
     qtbot.waitUntil(lambda: processor.smoothing == pytest.approx(0.7), timeout=WAIT_MS)

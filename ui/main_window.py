@@ -41,7 +41,7 @@ from realtime.camera import CameraError, FrameSource, list_cameras, open_camera
 from realtime.images import ImageInputError, load_image
 from realtime.live_api import BACKENDS, DOWNLOAD_COMMAND, FrameProcessor, ProcessorFactory, load_error_message
 from realtime.loop import CallbackSink, LiveFrame, LiveLoop
-from realtime.options import OPTION_RANGES, ProcessOptions
+from realtime.options import ANIMATION_REGIONS, OPTION_RANGES, ProcessOptions
 from realtime.record import Recorder, RecordError
 from realtime.vcam import CameraBackend, VirtualCameraUnavailable, VirtualCamSink
 from ui.settings import Settings, same_kind
@@ -57,6 +57,12 @@ OPTION_STEPS: dict[str, float] = {
     "vy_ratio": 0.01,
     "eyes_retargeting_multiplier": 0.01,
     "lip_retargeting_multiplier": 0.01,
+    "driving_multiplier": 0.05,
+}
+#: what each animation region choice means to a user
+REGION_HINTS = {
+    "all": "everything", "exp": "expression only (head still)", "pose": "head pose only", "lip": "lips only",
+    "eyes": "eyes only",
 }
 RESOLUTIONS = ("640x480", "1280x720", "1920x1080")
 IMAGE_FILTER = "Images (*.jpg *.jpeg *.png *.bmp *.webp)"
@@ -265,6 +271,13 @@ class MainWindow(QMainWindow):
             check.setChecked(value)
             check.toggled.connect(self._push_options)
             return check
+        if name == "animation_region":
+            combo = QComboBox()
+            for region in ANIMATION_REGIONS:
+                combo.addItem(f"{region}: {REGION_HINTS[region]}", region)
+            combo.setCurrentIndex(max(combo.findData(value), 0))
+            combo.currentIndexChanged.connect(self._push_options)
+            return combo
         (low, high), step = OPTION_RANGES[name], OPTION_STEPS[name]
         spin: QSpinBox | QDoubleSpinBox
         if isinstance(value, int):
@@ -354,7 +367,10 @@ class MainWindow(QMainWindow):
     def current_options(self) -> ProcessOptions:
         values = {}
         for name, widget in self.option_widgets.items():
-            values[name] = widget.isChecked() if isinstance(widget, QCheckBox) else widget.value()  # type: ignore[attr-defined]
+            if isinstance(widget, QComboBox):
+                values[name] = widget.currentData()
+            else:
+                values[name] = widget.isChecked() if isinstance(widget, QCheckBox) else widget.value()  # type: ignore[attr-defined]
         values["onnx_device"] = "CUDA" if self.device_combo.currentText() == "cuda" else "CPU"
         return ProcessOptions(**values)
 
