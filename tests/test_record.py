@@ -97,3 +97,16 @@ def test_bad_names_and_failed_encodes_get_one_line_errors(tmp_path: Path) -> Non
         for frame in frames_of(3, 480, 640):
             video.write(frame)
         video.close()
+
+
+def test_an_encoder_that_dies_mid_recording_is_a_record_error(tmp_path: Path) -> None:
+    """What the live loop's recorder sink sees when ffmpeg is killed (or the disk fills): a RecordError it reports
+    and drops the sink for, never a BrokenPipeError traceback."""
+    video = VideoFile(tmp_path / "live.mp4", 30)
+    frames = frames_of(2, 480, 640)
+    video.write(frames[0])
+    video.process.kill()
+    video.process.wait()
+    with pytest.raises(RecordError, match=r"live\.mp4 failed \(ffmpeg exit -9\); check the disk has space"):
+        video.write(frames[1])
+    video.close()  # already finished: nothing left to do
