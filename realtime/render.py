@@ -35,8 +35,6 @@ class DrivingClip:
 
     frames: Callable[[], Iterator[np.ndarray]]
     fps: float
-    #: the video whose sound track goes into the rendered videos (None: no sound)
-    audio: Path | None = None
     #: how many frames, where known without reading them (None for a video)
     count: int | None = None
 
@@ -60,7 +58,7 @@ def open_video(path: Path) -> DrivingClip:
     capture.release()
     if next(_video_frames(path), None) is None:
         raise DrivingInputError(f"{path} has no readable video frames; use an .mp4/.avi/.mov video, an image or a folder")
-    return DrivingClip(lambda: _video_frames(path), fps if 0 < fps < 1000 else DEFAULT_FPS, path if has_audio(path) else None)
+    return DrivingClip(lambda: _video_frames(path), fps if 0 < fps < 1000 else DEFAULT_FPS)
 
 
 def open_images(paths: Sequence[Path]) -> DrivingClip:
@@ -209,7 +207,8 @@ def render(
 ) -> RenderReport:
     """Animate one portrait with a driving input into a full-frame video (and optionally the crops)."""
     driving = open_driving(driving_path)
-    sound = driving.audio if isinstance(driving, DrivingClip) else None
+    is_video = isinstance(driving, DrivingClip) and driving.count is None
+    sound = Path(driving_path) if is_video and has_audio(driving_path) else None  # its sound goes along
     sinks = [_sink(path, driving, overwrite, sound) for path in (out, crop_out) if path is not None]
     src = animator.prepare_source(load_image(source_path), options)  # no face: fail before any slow work
     animator.timer.reset()
