@@ -279,3 +279,19 @@ def test_a_recording_that_fails_is_switched_off_in_the_window(qtbot, make_window
     assert window.record_status.text().startswith("stopped after ") and "No space left on device" in window.record_status.text()
     assert "No space left on device" in window.messages["outputs"]
     flowing(qtbot, window)  # the preview goes on
+
+
+def test_keyboard_shortcuts_recalibrate_and_mirror(qtbot, make_window, media_dir: Path) -> None:
+    factory = Factory()
+    window = make_window(factory)
+    window.load_portrait(media_dir / "portraits" / "s0.jpg")
+    flowing(qtbot, window)
+    window.activateWindow()
+    qtbot.waitUntil(window.isActiveWindow, timeout=WAIT_MS)
+    processor = factory.made[0]
+    qtbot.keyClick(window.option_widgets["scale"], Qt.Key.Key_R, Qt.KeyboardModifier.ControlModifier)  # focus in a box
+    qtbot.waitUntil(lambda: processor.recalibrations == 1, timeout=WAIT_MS)
+    qtbot.keyClick(window, Qt.Key.Key_M, Qt.KeyboardModifier.ControlModifier)
+    assert window.mirror_check.isChecked()
+    qtbot.waitUntil(lambda: window.loop.mirror and processor.recalibrations == 2, timeout=WAIT_MS)
+    assert window.recalibrate_button.toolTip().endswith("(Ctrl+R)") and window.mirror_check.toolTip().endswith("(Ctrl+M)")

@@ -16,7 +16,7 @@ from typing import Callable
 import cv2
 import numpy as np
 from PySide6.QtCore import QObject, QSize, Qt, QTimer, Signal
-from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent, QIcon, QImage, QPixmap
+from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent, QIcon, QImage, QKeySequence, QPixmap, QShortcut
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -188,6 +188,21 @@ class MainWindow(QMainWindow):
         central = QWidget()
         central.setLayout(root)
         self.setCentralWidget(central)
+        self._shortcuts()
+
+    def _shortcuts(self) -> None:
+        """Keys for what is done mid-call (the design's re-anchor hotkey among them); with Ctrl, so they also work
+        while a spin box has the focus. Each control's tooltip names its key."""
+        keys = {
+            "Ctrl+R": (self.recalibrate_button.click, self.recalibrate_button),
+            "Ctrl+M": (self.mirror_check.toggle, self.mirror_check),
+            "Ctrl+O": (self._choose_portrait, None),
+            "F11": (lambda: self.showNormal() if self.isFullScreen() else self.showFullScreen(), None),
+        }
+        for key, (action, widget) in keys.items():
+            QShortcut(QKeySequence(key), self, activated=action)
+            if widget is not None:
+                widget.setToolTip(f"{widget.toolTip()} ({key})".lstrip())
 
     def _camera_group(self) -> QGroupBox:
         group = QGroupBox("Camera")
@@ -211,6 +226,7 @@ class MainWindow(QMainWindow):
         form.addRow("FPS", self.fps_spin)
         self.mirror_check = QCheckBox("mirror: the portrait moves like your reflection")
         self.mirror_check.setChecked(self.settings.mirror)
+        self.mirror_check.setToolTip("Flip the camera picture left-right; the current pose becomes the neutral one")
         self.mirror_check.toggled.connect(self._set_mirror)
         form.addRow(self.mirror_check)
         apply = QPushButton("Open camera")
