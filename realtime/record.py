@@ -90,8 +90,8 @@ class VideoFile:
             self.exe, "-hide_banner", "-loglevel", "error", "-y",
             "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", f"{self.fps:g}", "-i", "-",
         ]
-        if self.audio_from is not None:
-            command += ["-i", str(self.audio_from), "-map", "0:v", "-map", "1:a", "-c:a", "aac", "-shortest"]
+        if self.audio_from is not None:  # silence pads a shorter sound track, so -shortest only ever cuts sound
+            command += ["-i", str(self.audio_from), "-map", "0:v", "-map", "1:a", "-af", "apad", "-c:a", "aac", "-shortest"]
         command += ["-vf", EVEN_PAD, *X264_ARGS, "-movflags", "+faststart", str(self.path)]
         try:
             return subprocess.Popen(

@@ -83,6 +83,14 @@ def test_the_driving_videos_sound_is_kept_and_cut_to_the_animation(tmp_path: Pat
     assert re.search(r"Audio: aac", probe(out)) and len(read_frames(out)) == 10
     assert 0.35 <= duration_s(out) <= 0.5  # 10 frames at 25 fps: the 2 s of sound are cut to the video
 
+    short = clip(tmp_path / "short.mp4", 0.2, sound=True)
+    out = tmp_path / "longer.mp4"
+    video = VideoFile(out, 25, audio_from=short)
+    for frame in frames_of(20, 120, 160):
+        video.write(frame)
+    video.close()
+    assert len(read_frames(out)) == 20 and duration_s(out) >= 0.75  # a shorter sound never cuts the video
+
 
 def test_bad_names_and_failed_encodes_get_one_line_errors(tmp_path: Path) -> None:
     with pytest.raises(RecordError, match=r"out\.gif: video files are written as \.mp4, \.mov, \.mkv; use one of"):
