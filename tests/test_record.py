@@ -118,3 +118,27 @@ def test_an_encoder_that_dies_mid_recording_is_a_record_error(tmp_path: Path) ->
     with pytest.raises(RecordError, match=r"live\.mp4 failed \(ffmpeg exit -9\); check the disk has space"):
         video.write(frames[1])
     video.close()  # already finished: nothing left to do
+
+
+def test_the_live_recorder_keeps_real_time_when_frames_come_slowly(tmp_path: Path) -> None:
+    """A CPU animating about one frame a second: each picture is held until the next, so seconds stay seconds."""
+    from realtime.live_api import FrameResult
+    from realtime.loop import LiveFrame
+    from realtime.record import Recorder
+
+    recorder = Recorder(tmp_path / "live.mp4", fps=10)
+    pictures = frames_of(4, 120, 160)
+    camera = np.zeros((48, 64, 3), np.uint8)
+    for ts, picture in zip((100.0, 101.0, 101.05, 102.0), pictures):
+        recorder.send(LiveFrame(camera, FrameResult(picture), ts, 0))
+    recorder.send(LiveFrame(camera, FrameResult(pictures[0]), 200.0, 0))  # after a 98 s stall: 10 s held at most
+    recorder.close()
+    assert recorder.frames == 1 + 10 + 1 + 9 + 100
+    back = read_frames(tmp_path / "live.mp4")
+    assert len(back) == recorder.frames
+    def shown(index: int) -> int:
+        """Which picture frame `index` of the video shows (the pictures differ by 20+ levels, H.264 by ~2)."""
+        return int(np.argmin([np.abs(back[index].astype(int) - p).mean() for p in pictures]))
+
+    # picture 0 for 1 frame, 1 held for its second (10 frames), 2 at once replaced by 3 (9), then 0 for the 10 s cap
+    assert [shown(i) for i in (0, 1, 10, 11, 12, 20, 120)] == [0, 1, 1, 2, 3, 3, 0]
