@@ -222,15 +222,6 @@ def find_gpu() -> GpuInfo:
     return gpu
 
 
-def gpu_info() -> GpuInfo | None:
-    """The first NVIDIA GPU, or None (find_gpu says why)."""
-    try:
-        return find_gpu()
-    except NoGpuError as exc:
-        log.debug("no usable GPU: %s", exc)
-        return None
-
-
 def host_view(ptr: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """A numpy array over raw host memory (pinned buffers); the caller keeps the memory alive."""
     nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
