@@ -220,8 +220,9 @@ class LiveLoop:
             sink.close()
         self.sinks = []
         if joined:  # a thread still inside a processor would use freed sessions/buffers
-            for processor in [*self.retired, *([self.processor] if self.processor is not None else [])]:
-                processor.close()
+            for processor in [*self.retired, self.processor]:
+                if processor is not None:
+                    processor.close()
             self.retired = []
         return joined
 

@@ -111,10 +111,10 @@ class VideoFile:
         try:
             self.process.stdin.write(np.ascontiguousarray(frame_rgb, dtype=np.uint8).data)  # type: ignore[union-attr]
         except OSError:  # ffmpeg quit early (a full disk, say): its own last line says why
-            self._finish()
+            self.close()
             raise RecordError(f"ffmpeg stopped taking frames for {self.path}; check the disk has space") from None
 
-    def _finish(self) -> None:
+    def close(self) -> None:
         """Close the pipe, wait for ffmpeg; a failed encode raises with ffmpeg's last line."""
         process, self.process = self.process, None
         if process is None:
@@ -126,9 +126,6 @@ class VideoFile:
                 f"writing {self.path} failed ({lines[-1] if lines else f'ffmpeg exit {process.returncode}'}); "
                 "check the disk has space and the folder is writable"
             )
-
-    def close(self) -> None:
-        self._finish()
 
 
 class ImageFile:
