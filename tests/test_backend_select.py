@@ -96,17 +96,24 @@ def test_this_machine_without_gpu_gets_the_cpu(tmp_path: Path) -> None:
     assert choice.reason.startswith("ONNX Runtime on the CPU: ")
 
 
-def test_open_runner_keeps_the_onnxruntime_backends_and_adds_tensorrt(tmp_path: Path) -> None:
-    from onnx import TensorProto, helper, save
+def one_op_model(path: Path, op: str, elem_type: int) -> None:
+    """A one-node ONNX model y = op(x) over [1, 3] tensors of `elem_type`, saved at `path`."""
+    from onnx import helper, save
 
     graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["y"])], "relu",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+        [helper.make_node(op, ["x"], ["y"])], op.lower(),
+        [helper.make_tensor_value_info("x", elem_type, [1, 3])],
+        [helper.make_tensor_value_info("y", elem_type, [1, 3])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
-    save(model, str(tmp_path / "stitching.onnx"))
+    save(model, str(path))
+
+
+def test_open_runner_keeps_the_onnxruntime_backends_and_adds_tensorrt(tmp_path: Path) -> None:
+    from onnx import TensorProto
+
+    one_op_model(tmp_path / "stitching.onnx", "Relu", TensorProto.FLOAT)
     assert engines.BACKENDS == ("auto", "cpu", "cuda", "tensorrt")
     for backend in ("cpu", "auto"):
         with engines.open_runner(tmp_path / "stitching.onnx", backend) as runner:
@@ -120,18 +127,11 @@ def test_open_runner_keeps_the_onnxruntime_backends_and_adds_tensorrt(tmp_path: 
 
 
 def test_onnxruntime_refuses_a_model_with_a_tensor_type_it_cannot_feed(tmp_path: Path) -> None:
-    from onnx import TensorProto, helper, save
+    from onnx import TensorProto
 
     from engines.ort import OrtRunner
 
-    graph = helper.make_graph(
-        [helper.make_node("Not", ["x"], ["y"])], "bools",
-        [helper.make_tensor_value_info("x", TensorProto.BOOL, [1, 3])],
-        [helper.make_tensor_value_info("y", TensorProto.BOOL, [1, 3])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    save(model, str(tmp_path / "mask.onnx"))
+    one_op_model(tmp_path / "mask.onnx", "Not", TensorProto.BOOL)
     with pytest.raises(ModelLoadError) as caught:
         OrtRunner(tmp_path / "mask.onnx")
     assert str(caught.value) == (
