@@ -15,7 +15,7 @@ from pathlib import Path
 from dataclasses import fields
 
 from engines.select import BACKENDS
-from realtime.options import ANIMATION_REGIONS, OPTION_RANGES, ProcessOptions
+from core.options import ANIMATION_REGIONS, OPTION_RANGES, ProcessOptions
 
 
 def _common(suppress: bool) -> argparse.ArgumentParser:
@@ -90,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _animator(args: argparse.Namespace):
-    from realtime.pipeline import open_animator
+    from core.animator import open_animator
 
     animator, reason = open_animator(args.models, args.backend)
     print(f"backend: {animator.backend} — {reason}", file=sys.stderr)
@@ -100,7 +100,7 @@ def _animator(args: argparse.Namespace):
 def cmd_render(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from realtime.render import render
+    from render.offline import render
 
     options = options_from_args(args)
     animator = _animator(args)
@@ -112,7 +112,7 @@ def cmd_render(args: argparse.Namespace) -> None:
 
 
 def cmd_template(args: argparse.Namespace) -> None:
-    from realtime.render import make_template
+    from render.offline import make_template
 
     frames = make_template(_animator(args), args.driving, args.out, overwrite=args.force)
     print(f"wrote {args.out}: {frames} frames")
@@ -121,7 +121,7 @@ def cmd_template(args: argparse.Namespace) -> None:
 def cmd_live(args: argparse.Namespace) -> int:
     """The window with this portrait, camera and options, or (--no-window) the same loop headless."""
     from realtime.camera import open_camera
-    from realtime.images import load_image
+    from core.images import load_image
     from realtime.live import make_processor
     from realtime.loop import run_headless
 

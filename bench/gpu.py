@@ -27,7 +27,7 @@ import numpy as np
 from bench.pipeline import DEFAULT_DRIVING, DEFAULT_SOURCE, media_default
 from engines.base import ModelLoadError, Runner
 from engines.trt import NoGpuError, find_gpu
-from export.layout import NETWORK_ONNX
+from engines.layout import NETWORK_ONNX
 from realtime.live_api import FrameResult, PipelinedProcessor
 
 BACKEND_NAMES = ("trt-fp16", "trt-fp32", "ort-cuda")
@@ -61,7 +61,7 @@ def open_runners(backend: str, models: Path, engines: Path) -> dict[str, Runner]
         if any(r.backend != "onnxruntime-cuda" for r in runners.values()):
             raise ModelLoadError("ONNX Runtime fell back to the CPU; install onnxruntime-gpu with its CUDA libraries")
         return runners
-    from export.trt_build import open_trt_runner
+    from engines.trt_build import open_trt_runner
 
     precision = backend.split("-")[1]
     return {n: open_trt_runner(models / NETWORK_ONNX[n], engines, precision) for n in NETWORKS}
@@ -137,7 +137,7 @@ def bench_backend(backend: str, models: Path, engines: Path, frames: int) -> lis
 def bench_app(backend: str, models: Path, portrait: np.ndarray, driving: list[np.ndarray], frames: int) -> list[str]:
     """End-to-end numbers of the live app on `backend`'s app backend and precision."""
     from realtime.live import LiveProcessor
-    from realtime.pipeline import Animator
+    from core.animator import Animator
 
     processor = LiveProcessor(Animator(models, *APP_BACKENDS[backend]))
     try:
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
               "installed", file=sys.stderr)
         return 1
     try:
-        from realtime.images import load_image
+        from core.images import load_image
 
         portrait = load_image(media_default(args.source, DEFAULT_SOURCE, "--source"))
         driving = load_frames(media_default(args.driving, DEFAULT_DRIVING, "--driving"), args.frames)

@@ -21,9 +21,10 @@ import numpy as np
 from bench.pipeline import DEFAULT_DRIVING, DEFAULT_SOURCE, STAGES, BenchInputError, media_default
 from engines.select import BACKENDS
 from realtime.camera import open_camera
-from realtime.images import load_image
+from core.images import load_image
 from realtime.live_api import FakeProcessor, FrameProcessor
-from realtime.loop import LiveFrame, LiveLoop
+from realtime.frames import LiveFrame
+from realtime.loop import LiveLoop
 
 CAMERA_FPS = 30.0
 #: how long the first frame may take (model warm-up, portrait preparation) before the run is abandoned

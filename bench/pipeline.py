@@ -1,5 +1,5 @@
-"""Per-stage cost of the animation core: `python main.py bench [--models DIR] [--frames N]`, or the same options
-after `python -m bench.pipeline`.
+"""Per-stage cost of the animation core: `python main.py bench [--models DIR] [--frames N]` (the CLI owns
+its options, so this module has no entry of its own and never imports main.py).
 
 Frames are made the way process() makes them: the portrait is prepared once, then each driving frame is followed
 (one detection, then landmark tracking), read for motion, animated relative to the first frame and pasted back.
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import statistics
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,13 +19,13 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, TypeVar
 
 from engines.base import Runner
-from realtime.images import load_image
-from realtime.motion import Motion
-from realtime.options import ProcessOptions
-from realtime.crop import driving_box
-from realtime.pipeline import Animator, DrivingFrame
-from realtime.render import net_input, open_driving, track_clip
-from realtime.templates import Template
+from core.images import load_image
+from core.motion import Motion
+from core.options import ProcessOptions
+from core.crop import driving_box
+from core.animator import Animator, DrivingFrame
+from render.offline import net_input, open_driving, track_clip
+from core.templates import Template
 
 REPO = Path(__file__).resolve().parents[1]
 #: the shared media beside the repository ($LIVEPORTRAIT_SHARED overrides the shared folder, as in the tests)
@@ -199,14 +198,3 @@ def run_bench(animator: Animator, source: Path | None, driving: Path | None, fra
     result = measure(animator, source, driving, frames)
     print(result.table())
     return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    """The `bench` command of main.py, so both ways of running it share one set of options and messages."""
-    from main import main as app_main
-
-    return app_main(["bench", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,5 +1,5 @@
 """The ComfyUI nodes: a loader that opens an exported models folder as a LIVEPORTRAITPIPE, and LivePortraitProcess,
-which hands IMAGE batches to the project's own realtime.render.process() (the method is not implemented twice).
+which hands IMAGE batches to the project's own render.offline.process() (the method is not implemented twice).
 """
 from __future__ import annotations
 
@@ -12,13 +12,12 @@ import numpy as np
 import torch
 
 from engines.select import BACKENDS, choose_backend
-from export.layout import WEIGHT_FILES, missing_models
-from realtime import render
-from realtime.images import ImageInputError
-from realtime.live_api import DOWNLOAD_COMMAND, ModelsMissingError
-from realtime.options import DEVICES, NODE_OPTIONS, OPTION_RANGES, ProcessOptions
-from realtime.pipeline import Animator
-from realtime.settings import resolve_models_dir
+from engines.layout import DOWNLOAD_COMMAND, WEIGHT_FILES, ModelsMissingError, missing_models
+from render import offline as render
+from core.images import ImageInputError
+from core.options import DEVICES, NODE_OPTIONS, OPTION_RANGES, ProcessOptions
+from core.animator import Animator
+from engines.settings import resolve_models_dir
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ def open_runner(path: Path, backend: str = "cpu", *, precision: str = "fp16", en
         log.info("%s: %s", path.name, choice.reason)
         backend = choice.name
     if backend == "tensorrt":
-        from export.trt_build import open_trt_runner
-        from export.trt_cache import default_engine_dir
+        from engines.trt_build import open_trt_runner
+        from engines.trt_cache import default_engine_dir
 
         runner: Runner = open_trt_runner(path, engine_dir or default_engine_dir(path.parent), precision, log.info)
     else:

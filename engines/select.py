@@ -76,9 +76,9 @@ def probe_ort_providers() -> tuple[str, ...]:
 
 def engines_state(models_dir: Path, gpu: GpuInfo, trt_version: str, precision: str) -> str | None:
     """'ready' when every model has an up-to-date engine, 'buildable' when the ONNX files are there, else None."""
-    from export.layout import MODEL_FILES
-    from export.trt_build import engine_key
-    from export.trt_cache import default_engine_dir, engine_path, stale_reason
+    from engines.layout import MODEL_FILES
+    from engines.trt_build import engine_key
+    from engines.trt_cache import default_engine_dir, engine_path, stale_reason
 
     onnx_files = [Path(models_dir) / name for name in MODEL_FILES.values()]
     if not all(path.is_file() for path in onnx_files):

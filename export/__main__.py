@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> None:
         export_models(args.weights, args.out, verify=not args.no_verify, overwrite=args.force)
         print(f"models ready in {args.out}")
     elif args.command == "trt":
-        from export.trt_build import build_engines
+        from engines.trt_build import build_engines
 
         build_engines(args.onnx, args.out, precision=args.precision)
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from export.config import OFFICIAL, ArchConfig, ArchFileError, arch_for, preset_name
-from export.layout import ARCH_FILE, CHECKPOINTS, RETARGETING_CHECKPOINT, RETARGETING_KEYS
+from engines.layout import ARCH_FILE, CHECKPOINTS, RETARGETING_CHECKPOINT, RETARGETING_KEYS
 from export.networks import NETWORK_NAMES, build_network, check_network_name
 
 GET_WEIGHTS = "python -m export download --to {dir}` (or `python -m export fake-weights --to {dir}` for tests)"

@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from export.layout import ARCH_FILE
+from engines.layout import ARCH_FILE
 
 
 class ArchFileError(ValueError):

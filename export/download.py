@@ -15,8 +15,8 @@ from email.message import Message
 from pathlib import Path
 from typing import Callable
 
-from export.layout import WEIGHT_FILES
-from export.trt_cache import file_sha256
+from engines.layout import WEIGHT_FILES
+from engines.trt_cache import file_sha256
 
 HUB_URL = "https://huggingface.co/KwaiVGI/LivePortrait/resolve/main"
 CHUNK = 1 << 20

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from export.layout import FACE_MODELS
+from engines.layout import FACE_MODELS
 
 OPSET = 17
 STRIDES = (8, 16, 32)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from export.config import OFFICIAL, REDUCED, arch_file_text
-from export.layout import ARCH_FILE, CHECKPOINTS, FACE_MODELS, RETARGETING_CHECKPOINT, RETARGETING_KEYS, WEIGHT_FILES
+from engines.layout import ARCH_FILE, CHECKPOINTS, FACE_MODELS, RETARGETING_CHECKPOINT, RETARGETING_KEYS, WEIGHT_FILES
 from export.networks import NETWORK_NAMES, build_network
 from export.networks.motion import GRN, ChannelsFirstLayerNorm
 

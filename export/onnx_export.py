@@ -24,7 +24,7 @@ from torch import nn
 
 from export.checkpoints import GET_WEIGHTS, CheckpointError, folder_arch, load_all
 from export.config import ArchConfig
-from export.layout import FACE_INPUT_SHAPES, FACE_MODELS, FACE_ONNX, MODEL_FILES, NETWORK_ONNX
+from engines.layout import FACE_INPUT_SHAPES, FACE_MODELS, FACE_ONNX, MODEL_FILES, NETWORK_ONNX
 from export.networks import NETWORK_IO, example_inputs, fold_spectral_norm
 
 OPSET = 20

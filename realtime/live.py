@@ -12,13 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
-from realtime.crop import BoxSmoother, driving_box
-from realtime.filters import MotionSmoother, ease_toward
-from realtime.images import limit_size
-from realtime.live_api import FrameResult, check_image
-from realtime.motion import Motion
-from realtime.options import ProcessOptions
-from realtime.pipeline import Animator, SourcePortrait, open_animator
+from core.crop import driving_box
+from realtime.filters import BoxSmoother, MotionSmoother, ease_toward
+from core.images import limit_size
+from realtime.live_api import FrameResult
+from core.motion import Motion
+from core.options import ProcessOptions
+from core.animator import Animator, open_animator
+from core.images import check_image
+from core.portrait import SourcePortrait
 
 #: options that change the source crop, so the portrait must be prepared again when they change
 CROP_OPTIONS = ("dsize", "scale", "vx_ratio", "vy_ratio")

@@ -12,20 +12,12 @@ from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 
+from core.images import SourceError, check_image
+from core.options import ProcessOptions
+from engines.layout import DOWNLOAD_COMMAND
 from engines.select import BACKENDS as BACKENDS  # re-exported: the UI offers these without importing engines/
 from realtime.filters import MotionSmoother, ease_toward
-from realtime.options import ProcessOptions
 
-#: how a user gets the models; every "models missing" message shows it
-DOWNLOAD_COMMAND = "python -m export download --to weights && python -m export onnx --weights weights --out models"
-
-
-class SourceError(ValueError):
-    """The portrait cannot be animated (no face, unreadable, wrong format); the message says what to do."""
-
-
-class ModelsMissingError(RuntimeError):
-    """No models folder is configured or it is incomplete; the message includes DOWNLOAD_COMMAND."""
 
 
 @dataclass
@@ -94,14 +86,6 @@ def load_error_message(exc: BaseException) -> str:
     """One user-facing line for a failed processor start, always ending with how to get the models."""
     text = str(exc).strip() or type(exc).__name__
     return text if DOWNLOAD_COMMAND in text else f"{text}. To get the models run: {DOWNLOAD_COMMAND}"
-
-
-def check_image(image: np.ndarray, what: str) -> None:
-    """Raise SourceError unless `image` is an RGB uint8 HxWx3 array."""
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        shape = getattr(image, "shape", None)
-        dtype = getattr(image, "dtype", type(image).__name__)
-        raise SourceError(f"{what} must be an RGB uint8 image of shape HxWx3, got {dtype} {shape}")
 
 
 class FakeProcessor:

@@ -21,8 +21,9 @@ from typing import Callable, Generic, Protocol, TypeVar
 import numpy as np
 
 from realtime.camera import FrameSource
+from realtime.frames import LiveFrame
 from realtime.live_api import FrameProcessor, FrameResult, PipelinedProcessor
-from realtime.options import ProcessOptions
+from core.options import ProcessOptions
 
 log = logging.getLogger(__name__)
 
@@ -90,22 +91,6 @@ class Tracked:
     processor: PipelinedProcessor
     tracked: object
     track_ms: float
-
-
-@dataclass
-class LiveFrame:
-    """One finished frame as the sinks get it."""
-
-    camera: np.ndarray
-    result: FrameResult
-    capture_ts: float
-    index: int
-    process_ms: float = 0.0  # the processor's whole call, as the loop measured it
-    out_ts: float = 0.0
-
-    @property
-    def latency_ms(self) -> float:
-        return (self.out_ts - self.capture_ts) * 1e3
 
 
 class Sink(Protocol):

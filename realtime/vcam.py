@@ -11,7 +11,8 @@ from typing import Callable, Protocol
 import cv2
 import numpy as np
 
-from realtime.loop import LiveFrame
+from core.images import letterbox
+from realtime.frames import LiveFrame
 
 
 class VirtualCameraUnavailable(RuntimeError):
@@ -43,18 +44,6 @@ def install_hint(platform: str = sys.platform) -> str:
     if platform == "darwin":
         return "install OBS Studio 30 or newer, then click Start Virtual Camera in OBS once to install it"
     return "install OBS Studio 26 or newer (it includes the virtual camera), then restart this app"
-
-
-def letterbox(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Fit `image` inside width x height keeping its aspect ratio, centred on black."""
-    h, w = image.shape[:2]
-    s = min(width / w, height / h)
-    new_w, new_h = max(1, round(w * s)), max(1, round(h * s))
-    interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
-    canvas = np.zeros((height, width, 3), np.uint8)
-    x0, y0 = (width - new_w) // 2, (height - new_h) // 2
-    canvas[y0 : y0 + new_h, x0 : x0 + new_w] = cv2.resize(image, (new_w, new_h), interpolation=interp)
-    return canvas
 
 
 def _pyvirtualcam(width: int, height: int, fps: float) -> CameraBackend:

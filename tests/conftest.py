@@ -58,7 +58,7 @@ def reduced_models(reduced_weights: Path, tmp_path_factory: pytest.TempPathFacto
 @pytest.fixture(scope="session")
 def animator(reduced_models: Path):
     """One Animator on the reduced models and ONNX Runtime CPU, shared by the core tests."""
-    from realtime.pipeline import Animator
+    from core.animator import Animator
 
     made = Animator(reduced_models, "cpu")
     yield made
@@ -68,7 +68,7 @@ def animator(reduced_models: Path):
 @pytest.fixture(scope="session")
 def portrait(media_dir: Path):
     """A real portrait (s0.jpg) as RGB uint8."""
-    from realtime.images import load_image
+    from core.images import load_image
 
     return load_image(media_dir / "portraits" / "s0.jpg")
 

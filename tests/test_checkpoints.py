@@ -11,7 +11,7 @@ import torch
 from export.checkpoints import CheckpointError, load_all, load_network
 from export.config import OFFICIAL, REDUCED
 from export.fake_weights import write_fake_weights
-from export.layout import ARCH_FILE, CHECKPOINTS, RETARGETING_CHECKPOINT, WEIGHT_FILES
+from engines.layout import ARCH_FILE, CHECKPOINTS, RETARGETING_CHECKPOINT, WEIGHT_FILES
 from export.networks import NETWORK_NAMES
 
 MOTION = CHECKPOINTS["motion_extractor"]

@@ -26,10 +26,11 @@ from comfyui_liveportrait_rt.nodes import (
     uint8_to_image_batch,
 )
 from engines.select import BackendUnavailable, probe_ort_providers
-from realtime.images import ImageInputError, load_image
-from realtime.live_api import ModelsMissingError, SourceError
-from realtime.options import ProcessOptions
-from realtime.render import open_video, process
+from core.images import ImageInputError, load_image
+from core.images import SourceError
+from engines.layout import ModelsMissingError
+from core.options import ProcessOptions
+from render.offline import open_video, process
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "comfyui_liveportrait_rt"

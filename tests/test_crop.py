@@ -4,8 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from realtime.crop import (
-    BoxSmoother,
+from core.crop import (
     LandmarkError,
     crop_box,
     crop_image,
@@ -15,6 +14,7 @@ from realtime.crop import (
     parse_rect_from_landmark,
     transform_pts,
 )
+from realtime.filters import BoxSmoother
 
 
 def _face106() -> np.ndarray:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from export import download as dl
-from export.layout import WEIGHT_FILES
+from engines.layout import WEIGHT_FILES
 
 
 class _RangeHandler(http.server.BaseHTTPRequestHandler):

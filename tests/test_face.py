@@ -11,8 +11,8 @@ import pytest
 from engines import open_runner
 from engines.base import ModelLoadError, Runner, TensorSpec
 from export.face_standins import DET_OUTPUTS, LANDMARK203_OUTPUTS, crop_face_203, write_face_models
-from export.layout import FACE_MODELS, FACE_ONNX
-from realtime.face import (
+from engines.layout import FACE_MODELS, FACE_ONNX
+from core.face import (
     FaceDetector,
     FaceModels,
     Landmark106,
@@ -24,7 +24,7 @@ from realtime.face import (
     lip_ratio,
     nms,
 )
-from realtime.images import ImageInputError, load_image
+from core.images import ImageInputError, load_image
 
 F32 = np.dtype(np.float32)
 
@@ -217,7 +217,7 @@ def test_face_models_reject_non_rgb_and_missing_folder(standin_dir: Path, tmp_pa
         with pytest.raises(ImageInputError) as err:
             models.analyze(np.zeros((64, 64), np.uint8))
     assert str(err.value) == (
-        "face models need an HxWx3 RGB uint8 image, got uint8 (64, 64); convert it with realtime.images.to_rgb_uint8"
+        "face models need an HxWx3 RGB uint8 image, got uint8 (64, 64); convert it with core.images.to_rgb_uint8"
     )
     with pytest.raises(ModelLoadError, match="det_10g.onnx is missing"):
         FaceModels(tmp_path)

@@ -10,10 +10,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from export.image_ops import crop_graph, paste_graph, theta_for, write_image_op
-from realtime.crop import crop_image, similarity_o2c
-from realtime.paste import output_to_original, paste_back, prepare_paste_mask
-from realtime.pipeline import to_net_input
+from engines.image_ops import crop_graph, paste_graph, theta_for, write_image_op
+from core.crop import crop_image, similarity_o2c
+from core.paste import output_to_original, paste_back, prepare_paste_mask
+from core.animator import to_net_input
 
 
 def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -47,7 +47,7 @@ def test_integer_shift_copies_pixels_exactly_with_black_outside() -> None:
 
 
 def test_crop_graph_gives_the_cpu_network_input_bit_for_bit() -> None:
-    """Every level 0..255 divided by 255 exactly as realtime.pipeline.to_net_input does (a Mul by float32(1/255)
+    """Every level 0..255 divided by 255 exactly as core.animator.to_net_input does (a Mul by float32(1/255)
     is one ulp off for some levels)."""
     image = np.arange(256 * 3, dtype=np.int64).reshape(16, 16, 3) % 256  # every level, in every channel
     image = np.kron(image, np.ones((2, 2, 1), np.int64)).astype(np.uint8)  # 32x32
@@ -124,7 +124,7 @@ def rtx():
 
 
 def test_tensorrt_rtx_parses_and_builds_both_graphs(rtx, tmp_path: Path) -> None:
-    from export.trt_build import build_plan, parse_onnx
+    from engines.trt_build import build_plan, parse_onnx
 
     for model in (crop_graph(720, 1280), paste_graph(720, 1280)):
         _, network, _ = parse_onnx(rtx, model.SerializeToString(), model.graph.name)

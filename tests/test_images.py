@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from realtime.images import ImageInputError, limit_size, load_image, to_rgb_uint8
+from core.images import ImageInputError, limit_size, load_image, to_rgb_uint8
 
 
 def test_grey_is_replicated_to_three_channels() -> None:

@@ -16,13 +16,16 @@ import pytest
 
 from bench.live import main as live_bench
 from bench.pipeline import STAGES, run_bench
-from realtime.crop import BoxSmoother, crop_box, driving_box
-from realtime.images import load_image
+from core.crop import crop_box, driving_box
+from core.images import load_image
 from realtime.live import LiveProcessor, make_processor
-from realtime.live_api import DOWNLOAD_COMMAND, FakeProcessor, ModelsMissingError, SourceError
-from realtime.motion import Motion
-from realtime.options import ProcessOptions
-from realtime.pipeline import DrivingFrame
+from core.images import SourceError
+from engines.layout import DOWNLOAD_COMMAND, ModelsMissingError
+from realtime.filters import BoxSmoother
+from realtime.live_api import FakeProcessor
+from core.motion import Motion
+from core.options import ProcessOptions
+from core.animator import DrivingFrame
 
 #: the shared driving video whose frames the reduced stand-in face detector finds a face in
 DRIVING = "d10.mp4"

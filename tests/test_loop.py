@@ -11,10 +11,13 @@ import numpy as np
 import pytest
 
 from realtime.camera import CameraError, CameraSource, VideoFileSource, open_camera
-from realtime.live_api import FakeProcessor, FrameResult, SourceError
-from realtime.loop import DropOldestQueue, LiveFrame, LiveLoop, run_headless
-from realtime.options import ProcessOptions
-from realtime.record import Recorder, RecordExistsError
+from core.images import SourceError
+from realtime.frames import LiveFrame
+from realtime.live_api import FakeProcessor, FrameResult
+from realtime.loop import DropOldestQueue, LiveLoop, run_headless
+from core.options import ProcessOptions
+from realtime.record import Recorder
+from render.outputs import RecordExistsError
 
 
 class SyntheticCamera:

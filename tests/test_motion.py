@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from realtime.motion import (
+from core.motion import (
     KpInfo,
     Mlp,
     Motion,
@@ -26,7 +26,7 @@ from realtime.motion import (
     stitching_input,
     transform_kp,
 )
-from realtime.options import ProcessOptions
+from core.options import ProcessOptions
 
 # (Rz Ry Rx)^T written out by hand for single 90-degree turns; row-vector convention p' = p @ R
 R_YAW_90 = np.array([[0, 0, -1], [0, 1, 0], [1, 0, 0]], dtype=np.float32)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from export.config import OFFICIAL, REDUCED, ArchConfig, ArchFileError, arch_for, arch_file_text
-from export.layout import ARCH_FILE
+from engines.layout import ARCH_FILE
 from export.networks import (
     NETWORK_IO,
     NETWORK_NAMES,

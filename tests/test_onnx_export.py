@@ -11,12 +11,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 
 from export.checkpoints import CheckpointError, load_network
 from export.config import OFFICIAL, REDUCED, ArchConfig
 from export.fake_weights import write_fake_weights
 from export import onnx_export
-from export.layout import CHECKPOINTS, FACE_INPUT_SHAPES, FACE_MODELS, FACE_ONNX, MODEL_FILES, NETWORK_ONNX
+from engines.layout import CHECKPOINTS, FACE_INPUT_SHAPES, FACE_MODELS, FACE_ONNX, MODEL_FILES, NETWORK_ONNX
 from export.networks import NETWORK_IO, NETWORK_NAMES, example_inputs, fold_spectral_norm, input_shapes
 from export.onnx_export import (
     ExportError,
@@ -127,10 +128,13 @@ def test_spade_fold_removes_sigma_math_and_keeps_output(reduced_weights: Path, t
     assert not any(name.endswith(("weight_orig", "weight_u", "weight_v")) for name in initializers)
     assert (tmp_path / "folded.onnx").stat().st_size < (tmp_path / "unfolded.onnx").stat().st_size
 
-    # the folded file still computes what the spectral-normed PyTorch module computes
-    (row,) = verify_network(unfolded, "spade_generator", tmp_path / "folded.onnx",
-                            example_inputs("spade_generator", REDUCED, seed=3))
-    assert row.rel_err < 1e-5
+    # folding is exact: the folded module computes what the spectral-normed one does, on the same kernels
+    check = example_inputs("spade_generator", REDUCED, seed=3)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(*check), unfolded(*check), rtol=0, atol=1e-6)
+    # and the folded file computes it in ONNX Runtime within the export's bar (its kernels round differently)
+    (row,) = verify_network(unfolded, "spade_generator", tmp_path / "folded.onnx", check)
+    assert row.rel_err < 2e-5  # bar: onnx_export.REL_TOLERANCE = 1e-4; 1.2e-5 seen with ONNX Runtime 1.32
 
 
 def test_verification_catches_a_wrong_file(reduced_weights: Path, tmp_path: Path) -> None:

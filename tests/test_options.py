@@ -5,7 +5,7 @@ from dataclasses import asdict
 
 import pytest
 
-from realtime.options import NODE_OPTIONS, OPTION_RANGES, ProcessOptions
+from core.options import NODE_OPTIONS, OPTION_RANGES, ProcessOptions
 
 #: the node's ranges, as the issue lists them
 NODE_RANGES = {

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from export.face_standins import mean_face_106
-from realtime.crop import crop_source
-from realtime.images import load_image
-from realtime.paste import PasteError, mask_template, output_to_original, paste_back, prepare_paste_mask
+from core.crop import crop_source
+from core.images import load_image
+from core.paste import PasteError, mask_template, output_to_original, paste_back, prepare_paste_mask
 
 #: a 512 crop of the original region x 100..356, y 50..306 (scale 2)
 M_O2C = np.array([[2, 0, -200], [0, 2, -100], [0, 0, 1]], np.float32)

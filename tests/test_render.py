@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from main import main
-from realtime.images import load_image
-from realtime.record import ffmpeg_exe, has_audio
-from realtime.templates import load_template, save_template
+from core.images import load_image
+from render.outputs import ffmpeg_exe, has_audio
+from core.templates import load_template, save_template
 
 
 @pytest.fixture(scope="module")
@@ -232,8 +232,8 @@ def test_template_refuses_an_existing_file_before_any_work(
 
 
 def test_frames_without_a_face_hold_the_nearest_ratios() -> None:
-    from realtime.motion import Motion
-    from realtime.render import held_ratios
+    from core.motion import Motion
+    from render.offline import held_ratios
 
     def motion(eye: float | None) -> Motion:
         ratios = {} if eye is None else {"eye_ratio": np.array([eye, eye]), "lip_ratio": np.array([eye / 2])}
@@ -248,8 +248,8 @@ def test_frames_without_a_face_hold_the_nearest_ratios() -> None:
 def test_a_models_folder_given_once_is_remembered(
     reduced_models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from realtime.live_api import ModelsMissingError
-    from realtime.settings import resolve_models_dir
+    from engines.layout import ModelsMissingError
+    from engines.settings import resolve_models_dir
 
     monkeypatch.setenv("LIVEPORTRAIT_CONFIG_DIR", str(tmp_path / "config"))
     monkeypatch.delenv("LIVEPORTRAIT_MODELS", raising=False)

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from realtime.motion import Motion
-from realtime.templates import Template, TemplateError, load_template, save_template
+from core.motion import Motion
+from core.templates import Template, TemplateError, load_template, save_template
 
 WITH_RATIOS = {"d1", "d2", "d8"}
 

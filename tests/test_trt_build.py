@@ -14,8 +14,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from engines.trt import NO_GPU_REASONS, GpuInfo, NoGpuError, trt_logger
-from export import trt_build
-from export.trt_build import (
+from engines import trt_build
+from engines.trt_build import (
     RECIPE,
     TrtBuildError,
     TrtParseError,
@@ -29,7 +29,7 @@ from export.trt_build import (
     fp32_nodes,
     mixed_fp16,
 )
-from export.trt_cache import EngineKey, engine_path, file_sha256, key_path, stale_reason
+from engines.trt_cache import EngineKey, engine_path, file_sha256, key_path, stale_reason
 
 GPU = GpuInfo("NVIDIA Test GPU 4090", (8, 9))
 
@@ -182,33 +182,25 @@ def test_unsupported_op_fails_the_check_with_the_node_named(rtx, tmp_path: Path)
     assert "\n" not in message
 
 
-@pytest.fixture
-def exported_models(request: pytest.FixtureRequest) -> Path:
-    """The `reduced_models` folder, or a skip while the exporter is not in this checkout."""
-    pytest.importorskip("export.fake_weights", reason="the reduced-model exporter is not in this checkout")
-    pytest.importorskip("export.onnx_export", reason="the reduced-model exporter is not in this checkout")
-    return request.getfixturevalue("reduced_models")
-
-
-def test_every_exported_model_parses_with_tensorrt_rtx(rtx, exported_models: Path) -> None:
-    from export.layout import MODEL_FILES
+def test_every_exported_model_parses_with_tensorrt_rtx(rtx, reduced_models: Path) -> None:
+    from engines.layout import MODEL_FILES
 
     for name in MODEL_FILES.values():
         for precision in ("fp32", "fp16"):
-            assert check_parses(exported_models / name, rtx, precision) > 0, (name, precision)
-    plan = build_plan(rtx, exported_models / "warping_module.onnx", "fp16", progress=False)  # the 5-D grid sample
+            assert check_parses(reduced_models / name, rtx, precision) > 0, (name, precision)
+    plan = build_plan(rtx, reduced_models / "warping_module.onnx", "fp16", progress=False)  # the 5-D grid sample
     assert len(plan) > 100_000
     for face in ("det_10g", "2d106det", "landmark"):  # exported with static inputs: no optimisation profile needed
-        assert len(build_plan(rtx, exported_models / f"{face}.onnx", "fp32", progress=False)) > 0, face
+        assert len(build_plan(rtx, reduced_models / f"{face}.onnx", "fp32", progress=False)) > 0, face
 
 
-def test_fp16_rewrite_of_the_exported_networks_stays_close_to_fp32(exported_models: Path) -> None:
+def test_fp16_rewrite_of_the_exported_networks_stays_close_to_fp32(reduced_models: Path) -> None:
     """The rewritten reduced networks run in ONNX Runtime CPU: FP16 error is small next to the outputs' size."""
     from export.config import REDUCED
     from export.networks import NETWORK_IO, example_inputs
 
     for name in ("appearance_feature_extractor", "warping_module", "spade_generator"):
-        model = onnx.load(str(exported_models / f"{name}.onnx"))
+        model = onnx.load(str(reduced_models / f"{name}.onnx"))
         feeds = {n: t.numpy() for n, t in zip(NETWORK_IO[name][0], example_inputs(name, REDUCED, seed=2))}
         full, half = _run(model, feeds), _run(mixed_fp16(model), feeds)
         assert half.dtype == np.float32 and half.shape == full.shape
@@ -268,7 +260,7 @@ def test_stale_reason_names_what_differs(tmp_path: Path) -> None:
 
 
 def test_engine_key_derives_the_precision_and_hashes_each_file_version_once(tmp_path: Path, monkeypatch) -> None:
-    from export import trt_cache
+    from engines import trt_cache
 
     path = save(warp_like(), tmp_path / "motion_extractor.onnx")
     hashed: list[str] = []

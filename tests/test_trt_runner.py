@@ -254,7 +254,7 @@ def test_a_missing_engine_file_says_how_to_build_it(tmp_path: Path, cuda: FakeCu
 
 
 def test_open_trt_runner_rebuilds_an_engine_that_fails_to_deserialise(tmp_path: Path, cuda: FakeCuda) -> None:
-    from export import trt_build
+    from engines import trt_build
     from tests.test_trt_build import save, warp_like
 
     rtx = pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx is not installed (pip install tensorrt-rtx)")
@@ -382,7 +382,7 @@ def test_every_runtime_gets_the_one_process_logger(tmp_path: Path, cuda: FakeCud
 def test_tensorrt_engine_matches_onnxruntime(real_gpu, tmp_path: Path, precision: str, tolerance: float) -> None:
     import onnxruntime as ort
 
-    from export.trt_build import open_trt_runner
+    from engines.trt_build import open_trt_runner
     from tests.test_trt_build import save, warp_feeds, warp_like
 
     path = save(warp_like(), tmp_path / "warping_module.onnx")
@@ -449,8 +449,8 @@ class StreamCuda(FakeCuda):
 def test_networks_close_the_generator_before_the_warping_module_whose_stream_it_uses(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from export.layout import NETWORK_ONNX
-    from realtime.pipeline import Networks
+    from engines.layout import NETWORK_ONNX
+    from core.animator import Networks
 
     cuda = StreamCuda()
     nets = Networks.__new__(Networks)  # the real close() over runners opened on the fake CUDA

@@ -12,8 +12,9 @@ pytest.importorskip("pytestqt")
 from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl  # noqa: E402
 from PySide6.QtGui import QDropEvent  # noqa: E402
 
-from realtime.live_api import DOWNLOAD_COMMAND, FakeProcessor, ModelsMissingError  # noqa: E402
-from realtime.options import ProcessOptions  # noqa: E402
+from engines.layout import DOWNLOAD_COMMAND, ModelsMissingError  # noqa: E402
+from realtime.live_api import FakeProcessor  # noqa: E402
+from core.options import ProcessOptions  # noqa: E402
 from tests.test_vcam import FakeCam  # noqa: E402
 from ui.main_window import MainWindow  # noqa: E402
 from ui.settings import Settings  # noqa: E402

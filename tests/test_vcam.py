@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from realtime.live_api import FrameResult
-from realtime.loop import LiveFrame
-from realtime.vcam import VirtualCameraUnavailable, VirtualCamSink, install_hint, letterbox
+from core.images import letterbox
+from realtime.frames import LiveFrame
+from realtime.vcam import VirtualCameraUnavailable, VirtualCamSink, install_hint
 
 
 class FakeCam:

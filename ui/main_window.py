@@ -38,11 +38,14 @@ from PySide6.QtWidgets import (
 )
 
 from realtime.camera import CameraError, FrameSource, list_cameras, open_camera
-from realtime.images import ImageInputError, load_image
-from realtime.live_api import BACKENDS, DOWNLOAD_COMMAND, FrameProcessor, ProcessorFactory, load_error_message
-from realtime.loop import CallbackSink, LiveFrame, LiveLoop
-from realtime.options import ANIMATION_REGIONS, OPTION_RANGES, ProcessOptions
-from realtime.record import Recorder, RecordError
+from core.images import ImageInputError, load_image
+from engines.layout import DOWNLOAD_COMMAND
+from realtime.frames import LiveFrame
+from realtime.live_api import BACKENDS, FrameProcessor, ProcessorFactory, load_error_message
+from realtime.loop import CallbackSink, LiveLoop
+from core.options import ANIMATION_REGIONS, OPTION_RANGES, ProcessOptions
+from realtime.record import Recorder
+from render.outputs import RecordError
 from realtime.vcam import CameraBackend, VirtualCameraUnavailable, VirtualCamSink
 from ui.settings import Settings, same_kind
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import importlib
 
-from realtime.live_api import FakeProcessor, FrameProcessor, ModelsMissingError, ProcessorFactory
+from engines.layout import ModelsMissingError
+from realtime.live_api import FakeProcessor, FrameProcessor, ProcessorFactory
 from ui.app import make_window
 
 SHARED_MEDIA = Path(os.environ.get("LIVEPORTRAIT_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "media"

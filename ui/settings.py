@@ -1,6 +1,6 @@
 """The window's small persistent state (recent portraits, camera, options): window.json in the config dir.
 
-It is a separate file from realtime/settings.py's settings.json (the models folder), so each is rewritten whole
+It is a separate file from engines/settings.py's settings.json (the models folder), so each is rewritten whole
 without losing the other's keys.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ import logging
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from realtime.settings import config_dir
+from engines.settings import config_dir
 
 log = logging.getLogger(__name__)
 

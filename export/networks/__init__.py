@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn.utils import remove_spectral_norm
 
 from export.config import IMAGE_SIZE, ArchConfig
-from export.layout import RETARGETING_KEYS
+from engines.layout import RETARGETING_KEYS
 from export.networks.appearance import AppearanceFeatureExtractor
 from export.networks.motion import MOTION_OUTPUTS, MotionExtractor
 from export.networks.retargeting import RetargetingMLP, retargeting_widths

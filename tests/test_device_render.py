@@ -13,12 +13,12 @@ import pytest
 
 from engines.ort import OrtRunner
 from engines.trt import DeviceArray, host_view
-from realtime.crop import crop_image, similarity_o2c
-from realtime.gpu_render import CudaUploads, DeviceRenderer
-from realtime.motion import Motion
-from realtime.options import ProcessOptions
-from realtime.paste import output_to_original, prepare_paste_mask
-from realtime.pipeline import Animator
+from core.crop import crop_image, similarity_o2c
+from core.device_render import CudaUploads, DeviceRenderer
+from core.motion import Motion
+from core.options import ProcessOptions
+from core.paste import output_to_original, prepare_paste_mask
+from core.animator import Animator
 
 
 class HostQueued:
@@ -210,7 +210,7 @@ def test_live_driving_crop_goes_through_the_device_crop_into_the_motion_extracto
     capture.release()
     face = animator.faces.analyze(frame)
     assert face is not None
-    from realtime.crop import driving_box
+    from core.crop import driving_box
 
     box = driving_box(face.lmk203)
     cpu = animator.box_motion(frame, box, face.lmk203)

@@ -20,8 +20,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from engines.base import ModelLoadError
 from engines.trt import GpuInfo, NoGpuError, StaleEngineError, TrtRunner, find_gpu, import_tensorrt, trt_logger
-from export.layout import MODEL_FILES
-from export.trt_cache import (
+from engines.layout import MODEL_FILES
+from engines.trt_cache import (
     EngineKey,
     atomic_write,
     engine_path,

@@ -10,8 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from export.layout import missing_models
-from realtime.live_api import DOWNLOAD_COMMAND, ModelsMissingError
+from engines.layout import DOWNLOAD_COMMAND, ModelsMissingError, missing_models
 
 
 def config_dir() -> Path:

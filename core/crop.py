@@ -148,28 +148,3 @@ def crop_box(img: np.ndarray, box: np.ndarray, pts: np.ndarray, dsize: int = 512
     """Crop a square box to dsize without rotation, then resize to 256 with INTER_LINEAR (spec 3.7)."""
     return _crop_info(img, pts, box_o2c(box, dsize), dsize, cv2.INTER_LINEAR)
 
-
-class BoxSmoother:
-    """Causal exponential smoothing of the driving box centre and size.
-
-    The official driving crop averages the box over the whole clip, which a live stream cannot do; an
-    exponential moving average is the causal stand-in. alpha is the weight of the newest box (1 = off).
-    """
-
-    def __init__(self, alpha: float = 0.3) -> None:
-        if not 0.0 < alpha <= 1.0:
-            raise ValueError(f"BoxSmoother alpha must be in (0, 1], got {alpha!r}")
-        self.alpha = alpha
-        self.state: np.ndarray | None = None  # (cx, cy, size)
-
-    def update(self, box: np.ndarray) -> np.ndarray:
-        """Blend a new (x1, y1, x2, y2) box into the running estimate and return the smoothed box."""
-        x1, y1, x2, y2 = np.asarray(box, dtype=np.float64)
-        obs = np.array([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1])
-        self.state = obs if self.state is None else self.state + self.alpha * (obs - self.state)
-        cx, cy, size = self.state
-        return np.array([cx - size / 2, cy - size / 2, cx + size / 2, cy + size / 2])
-
-    def reset(self) -> None:
-        """Forget the history (face lost, or the user re-anchored)."""
-        self.state = None

@@ -28,7 +28,7 @@ class EngineKey:
     compute_capability: str
     tensorrt: str
     precision: str
-    #: version of the build recipe (export.trt_build.RECIPE): the FP16 rewrite and which models stay FP32
+    #: version of the build recipe (engines.trt_build.RECIPE): the FP16 rewrite and which models stay FP32
     recipe: int
     onnx_sha256: str
 

@@ -14,9 +14,9 @@ import cv2
 import numpy as np
 
 from engines import Runner, open_runners
-from export.layout import FACE_INPUT_SHAPES, FACE_ONNX
-from realtime.crop import crop_image, crop_transform, transform_pts
-from realtime.images import ImageInputError
+from engines.layout import FACE_INPUT_SHAPES, FACE_ONNX
+from core.crop import crop_image, crop_transform, transform_pts
+from core.images import ImageInputError
 
 #: detector input side: the frame is letterboxed into this square (det_size of the official FaceAnalysisDIY)
 DET_SIZE = FACE_INPUT_SHAPES["det_10g"][-1]
@@ -58,7 +58,7 @@ def _check_rgb(img: np.ndarray) -> None:
         shape = getattr(img, "shape", None)
         raise ImageInputError(
             f"face models need an HxWx3 RGB uint8 image, got {getattr(img, 'dtype', type(img).__name__)} {shape}; "
-            "convert it with realtime.images.to_rgb_uint8"
+            "convert it with core.images.to_rgb_uint8"
         )
 
 

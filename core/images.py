@@ -104,3 +104,27 @@ def limit_size(img: np.ndarray, max_dim: int = 1280, division: int = 2) -> np.nd
     if new_h == 0 or new_w == 0:
         return img
     return np.ascontiguousarray(img[:new_h, :new_w])
+
+
+def letterbox(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Fit `image` inside width x height keeping its aspect ratio, centred on black."""
+    h, w = image.shape[:2]
+    s = min(width / w, height / h)
+    new_w, new_h = max(1, round(w * s)), max(1, round(h * s))
+    interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
+    canvas = np.zeros((height, width, 3), np.uint8)
+    x0, y0 = (width - new_w) // 2, (height - new_h) // 2
+    canvas[y0 : y0 + new_h, x0 : x0 + new_w] = cv2.resize(image, (new_w, new_h), interpolation=interp)
+    return canvas
+
+
+class SourceError(ValueError):
+    """The portrait cannot be animated (no face, unreadable, wrong format); the message says what to do."""
+
+
+def check_image(image: np.ndarray, what: str) -> None:
+    """Raise SourceError unless `image` is an RGB uint8 HxWx3 array."""
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        shape = getattr(image, "shape", None)
+        dtype = getattr(image, "dtype", type(image).__name__)
+        raise SourceError(f"{what} must be an RGB uint8 image of shape HxWx3, got {dtype} {shape}")

@@ -20,12 +20,12 @@ import numpy as np
 
 from engines import open_runner
 from engines.trt import CudaError, CudaRuntime, DeviceArray, gpu_memory_error
-from export.image_ops import CROP_SIZE, PASTE_CROP_SIZE, theta_for, write_image_op
-from export.trt_cache import default_engine_dir
-from realtime.paste import output_to_original
+from engines.image_ops import CROP_SIZE, PASTE_CROP_SIZE, theta_for, write_image_op
+from engines.trt_cache import default_engine_dir
+from core.paste import output_to_original
 
 if TYPE_CHECKING:
-    from realtime.pipeline import SourcePortrait
+    from core.portrait import SourcePortrait
 
 #: where the image-op graphs are written, inside the models folder (their engines go to the usual cache)
 IMAGE_OPS_DIR = "image_ops"

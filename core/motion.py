@@ -12,7 +12,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from realtime.options import ProcessOptions
+from core.options import ProcessOptions
 
 K = 21
 #: c_s_lip at or above this means the source mouth is open, and lip_zero closes it (official 0.03)

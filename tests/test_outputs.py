@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from realtime.record import RecordError, VideoFile, ffmpeg_exe, has_audio
+from render.outputs import RecordError, VideoFile, ffmpeg_exe, has_audio
 
 
 def probe(path: Path) -> str:
@@ -123,7 +123,7 @@ def test_an_encoder_that_dies_mid_recording_is_a_record_error(tmp_path: Path) ->
 def test_the_live_recorder_keeps_real_time_when_frames_come_slowly(tmp_path: Path) -> None:
     """A CPU animating about one frame a second: each picture is held until the next, so seconds stay seconds."""
     from realtime.live_api import FrameResult
-    from realtime.loop import LiveFrame
+    from realtime.frames import LiveFrame
     from realtime.record import Recorder
 
     recorder = Recorder(tmp_path / "live.mp4", fps=10)

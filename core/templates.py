@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from realtime.motion import K, Motion
+from core.motion import K, Motion
 
 #: per-frame arrays: name -> shape after the frame axis N
 FRAME_ARRAYS = {"scale": (1,), "R": (3, 3), "exp": (K, 3), "t": (3,)}

@@ -8,14 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from realtime.images import ImageInputError, load_image
-from realtime.live_api import SourceError
-from realtime.motion import Motion, apply_stitching, kp_delta, lip_input, relative_motion, stitching_input
-from realtime.options import ProcessOptions
-from realtime.crop import transform_pts
-from realtime.paste import OUT_SIZE, output_to_original
-from realtime.pipeline import Animator, SourcePortrait
-from realtime.render import array_clip, driving_frames, process
+from core.images import ImageInputError, load_image
+from core.images import SourceError
+from core.motion import Motion, apply_stitching, kp_delta, lip_input, relative_motion, stitching_input
+from core.options import ProcessOptions
+from core.crop import transform_pts
+from core.paste import OUT_SIZE, output_to_original
+from core.animator import Animator
+from core.portrait import SourcePortrait
+from render.offline import array_clip, driving_frames, process
 
 PLAIN = ProcessOptions(lip_zero=False, stitching=False)
 
@@ -33,7 +34,7 @@ def source(animator: Animator, portrait: np.ndarray):
 
 @pytest.fixture(scope="module")
 def drive_frames(media_dir: Path) -> list[np.ndarray]:
-    from realtime.render import open_video
+    from render.offline import open_video
 
     clip = open_video(media_dir / "driving" / "d10.mp4")
     frames = clip.frames()
@@ -99,7 +100,7 @@ def test_lip_zero_adds_the_closing_delta_only_for_an_open_source_mouth(
     """None: the portrait's own lip ratio (open with the stand-in landmarks); else a forced ratio around the
     official lip_normalize_threshold of 0.03."""
     if c_s_lip is not None:
-        monkeypatch.setattr("realtime.pipeline.lip_ratio", lambda lmk: np.array([c_s_lip], np.float32))
+        monkeypatch.setattr("core.animator.lip_ratio", lambda lmk: np.array([c_s_lip], np.float32))
     source = animator.prepare_source(portrait, ProcessOptions())
     assert (source.c_s_lip >= 0.03) == mouth_open
     motion = Motion(R=source.info.R, exp=source.info.exp, scale=source.info.scale, t=source.info.t)
@@ -198,7 +199,7 @@ def test_bad_sources_get_clear_errors(animator: Animator) -> None:
 def test_a_single_driving_image_copies_its_expression_relative_to_the_neutral_lip_array(
     animator: Animator, source, drive_frames
 ) -> None:
-    from realtime.motion import LIP_ARRAY, image_reference, transform_kp
+    from core.motion import LIP_ARRAY, image_reference, transform_kp
 
     (frame,) = driving_frames(animator, array_clip(drive_frames[2:3]))
     drv = animator.driving_motion(frame)
@@ -214,7 +215,7 @@ def test_a_failed_open_closes_what_was_already_open(reduced_models: Path, tmp_pa
     import shutil
 
     from engines.ort import OrtRunner
-    from export.layout import MODEL_FILES
+    from engines.layout import MODEL_FILES
 
     closed: list[str] = []
     real_close = OrtRunner.close

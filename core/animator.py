@@ -13,12 +13,11 @@ from typing import TYPE_CHECKING, Callable, Iterator
 import numpy as np
 
 from engines import Runner, open_runners
-from export.layout import NETWORK_ONNX
-from realtime.crop import CropInfo, box_o2c, crop_box, crop_source, transform_pts
-from realtime.face import FaceModels, eye_ratio, lip_ratio
-from realtime.images import limit_size
-from realtime.live_api import SourceError
-from realtime.motion import (
+from engines.layout import NETWORK_ONNX
+from core.crop import CropInfo, box_o2c, crop_box, crop_source, transform_pts
+from core.face import FaceModels, eye_ratio, lip_ratio
+from core.images import SourceError, limit_size
+from core.motion import (
     KpInfo,
     Motion,
     absolute_motion,
@@ -27,11 +26,12 @@ from realtime.motion import (
     lip_zero_delta,
     relative_motion,
 )
-from realtime.options import ProcessOptions
-from realtime.paste import paste_back, prepare_paste_mask
+from core.options import ProcessOptions
+from core.paste import paste_back, prepare_paste_mask
+from core.portrait import SourcePortrait
 
 if TYPE_CHECKING:
-    from realtime.gpu_render import DeviceRenderer
+    from core.device_render import DeviceRenderer
 
 #: the official source pre-resize (spec 3.6); the paste-back still goes into the full-size original
 SOURCE_MAX_DIM = 1280
@@ -91,7 +91,7 @@ class Networks:
         return to_uint8_image(self.runners["spade_generator"].infer({"feature": warped})["image"])
 
     def mlp(self, name: str) -> Callable[[np.ndarray], np.ndarray]:
-        """One retargeting MLP as a plain function (input array -> delta), as realtime.motion wants it."""
+        """One retargeting MLP as a plain function (input array -> delta), as core.motion wants it."""
         runner = self.runners[name]
         return lambda x: runner.infer({"x": x.astype(np.float32)})["delta"]
 
@@ -100,24 +100,6 @@ class Networks:
         that stream before the warping module, its owner, destroys it."""
         for runner in reversed(self.runners.values()):
             runner.close()
-
-
-@dataclass
-class SourcePortrait:
-    """Everything computed once per portrait: crop, keypoints, features, ratios and the paste-back mask."""
-
-    image: np.ndarray  # the original RGB image, full size: paste-back goes here
-    crop: CropInfo  # crop of the size-limited image
-    M_c2o: np.ndarray  # crop (dsize) -> original full-size pixels
-    dsize: int
-    info: KpInfo
-    x_s: np.ndarray
-    f_s: np.ndarray
-    c_s_eyes: np.ndarray
-    c_s_lip: float
-    lip_close: np.ndarray | None  # delta that closes an open mouth (lip_zero), None if already closed
-    mask: np.ndarray
-    face_box: np.ndarray
 
 
 @dataclass
@@ -148,7 +130,7 @@ class Animator:
             self.faces = FaceModels(models_dir, backend)
             opened.callback(self.faces.close)
             if self.backend == "tensorrt":  # warp -> decode -> paste-back stay on the GPU (needs onnx: imported here)
-                from realtime.gpu_render import DeviceRenderer
+                from core.device_render import DeviceRenderer
 
                 self.renderer = DeviceRenderer.for_tensorrt(self.nets.runners, Path(models_dir))
             opened.pop_all()  # all open: the Animator owns them now
@@ -259,7 +241,7 @@ def open_animator(models_dir: Path | None, backend: str) -> tuple[Animator, str]
     """The Animator of the user's models folder (resolved like every command does) on the backend chosen for
     `backend` ("auto" included), with the sentence saying why that backend."""
     from engines.select import choose_backend
-    from realtime.settings import resolve_models_dir
+    from engines.settings import resolve_models_dir
 
     folder = resolve_models_dir(models_dir)
     choice = choose_backend(backend, folder)

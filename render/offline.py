@@ -12,13 +12,14 @@ from typing import Callable, Iterable, Iterator, Sequence
 import cv2
 import numpy as np
 
-from realtime.crop import crop_box, driving_box
-from realtime.images import ImageInputError, load_image, to_rgb_uint8
-from realtime.motion import Motion, image_reference
-from realtime.options import ProcessOptions
-from realtime.pipeline import NET_SIZE, Animator, DrivingFrame, SourcePortrait
-from realtime.record import ImageFile, VideoFile, has_audio, refuse_existing
-from realtime.templates import Template, load_template, save_template
+from core.crop import crop_box, driving_box
+from core.images import ImageInputError, load_image, to_rgb_uint8
+from core.motion import Motion, image_reference
+from core.options import ProcessOptions
+from core.animator import NET_SIZE, Animator, DrivingFrame
+from core.portrait import SourcePortrait
+from render.outputs import ImageFile, VideoFile, has_audio, refuse_existing
+from core.templates import Template, load_template, save_template
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 DEFAULT_FPS = 25.0

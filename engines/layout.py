@@ -22,7 +22,7 @@ FACE_MODELS = {
 }
 
 #: the static input shape each face model is exported with (the release files leave batch and, for det_10g, the
-#: image size dynamic; TensorRT engines are static): det_10g runs on realtime.face's 512 letterbox, the landmark
+#: image size dynamic; TensorRT engines are static): det_10g runs on core.face's 512 letterbox, the landmark
 #: models on their fixed 192 and 224 crops
 FACE_INPUT_SHAPES = {"det_10g": (1, 3, 512, 512), "2d106det": (1, 3, 192, 192), "landmark": (1, 3, 224, 224)}
 
@@ -50,3 +50,11 @@ MODEL_FILES = {**NETWORK_ONNX, **FACE_ONNX}
 def missing_models(models_dir: Path) -> list[str]:
     """File names of the models folder that are not there (empty when the folder is complete)."""
     return [name for name in MODEL_FILES.values() if not (Path(models_dir) / name).is_file()]
+
+
+#: how a user gets the models; every "models missing" message shows it
+DOWNLOAD_COMMAND = "python -m export download --to weights && python -m export onnx --weights weights --out models"
+
+
+class ModelsMissingError(RuntimeError):
+    """No models folder is configured or it is incomplete; the message includes DOWNLOAD_COMMAND."""

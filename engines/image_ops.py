@@ -94,7 +94,7 @@ def crop_graph(h: int, w: int, size: int = CROP_SIZE) -> onnx.ModelProto:
     """uint8 RGB frame [1,h,w,3] and theta [1,2,3] -> float32 crop [1,3,size,size] in [0,1].
 
     The sample is rounded to a level before the division, as the CPU path's uint8 crop / 255 is; a Div by 255
-    (not a Mul by float32(1/255)) gives the same float32 as realtime.pipeline.to_net_input, bit for bit.
+    (not a Mul by float32(1/255)) gives the same float32 as core.animator.to_net_input, bit for bit.
     """
     g = _Graph()
     pixels = g.op("Cast", ["image"], "image_f", to=TensorProto.FLOAT)
@@ -111,7 +111,7 @@ def crop_graph(h: int, w: int, size: int = CROP_SIZE) -> onnx.ModelProto:
 def paste_graph(h: int, w: int, side: int = PASTE_CROP_SIZE) -> onnx.ModelProto:
     """Generator output, source photo, mask and theta (photo pixel -> crop) -> pasted frame and uint8 crop.
 
-    As on the CPU (realtime.paste.paste_back): the crop is first truncated to uint8 levels, warped bilinearly and
+    As on the CPU (core.paste.paste_back): the crop is first truncated to uint8 levels, warped bilinearly and
     rounded (cv2 warps uint8 to uint8), then frame = truncate(clip(mask*warped + (1-mask)*photo, 0, 255)).
     The Floor before each Cast makes the truncation explicit, whatever rounding a backend's Cast uses.
     """

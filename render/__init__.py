@@ -1,0 +1,1 @@
+"""Offline rendering: driving sources in, animated frames out, written as videos, pictures or templates."""
