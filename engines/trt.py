@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -19,8 +20,9 @@ from engines.base import ModelLoadError, Runner, TensorSpec
 
 log = logging.getLogger(__name__)
 
-#: the first TensorRT whose grid-sample layer takes 5-D input natively (the warping module needs it)
-MIN_TENSORRT = (11, 2)
+#: the first TensorRT whose grid-sample layer takes 5-D input natively (the warping module needs it): the 11.2.1
+#: release notes, "Extends GridSample from 2D-only to 3D (rank-5 input)"; 11.2.0 lacks it
+MIN_TENSORRT = (11, 2, 1)
 
 #: TensorRT DataType names -> numpy dtypes (by name, so fakes and both TensorRT flavours map the same way)
 TRT_DTYPES = {
@@ -66,6 +68,17 @@ def gpu_memory_error(what: str) -> ModelLoadError:
     return ModelLoadError(f"not enough GPU memory for {what}; close other GPU apps or choose the cuda/cpu backend")
 
 
+def stream_error(what: str, exc: CudaError) -> ModelLoadError:
+    """The one message for a CUDA stream that could not be made while opening a model (CUDA's own error names
+    neither the model nor a fix)."""
+    if exc.code == "cudaErrorMemoryAllocation":
+        return gpu_memory_error(what)
+    reason = NO_GPU_REASONS.get(exc.code, exc.code or str(exc))
+    return ModelLoadError(
+        f"{what}: CUDA could not create a stream ({reason}); restart the app, or choose the cuda/cpu backend"
+    )
+
+
 def version_tuple(text: str) -> tuple[int, ...]:
     """'11.4.0.106' -> (11, 4, 0, 106); non-numeric parts end the tuple."""
     parts: list[int] = []
@@ -84,10 +97,10 @@ def import_tensorrt() -> Any:
         raise ModelLoadError(
             f"TensorRT is not installed ({exc}); pip install -r requirements-gpu.txt or choose another backend"
         ) from exc
-    if version_tuple(trt.__version__)[:2] < MIN_TENSORRT:
+    if version_tuple(trt.__version__)[: len(MIN_TENSORRT)] < MIN_TENSORRT:
         raise ModelLoadError(
-            f"TensorRT {trt.__version__} is too old (11.2 or newer has the native 5-D grid sample); "
-            "pip install -r requirements-gpu.txt"
+            f"TensorRT {trt.__version__} is too old ({'.'.join(map(str, MIN_TENSORRT))} or newer has the native "
+            "5-D grid sample); pip install -r requirements-gpu.txt"
         )
     return trt
 
@@ -99,13 +112,23 @@ _LOGGERS: dict[Any, Any] = {}
 
 def trt_logger(trt: Any) -> Any:
     """The one TensorRT logger: errors are kept in `.errors` (for our one-line messages; `clear()` them before a
-    build), warnings go to Python logging."""
+    build), warnings go to Python logging.
+
+    `.errors` is the calling thread's own list: TensorRT reports an API call's errors on the thread that made the
+    call, so one thread's failed deserialisation never becomes the reason given for another thread's build.
+    """
     if trt.ILogger not in _LOGGERS:
 
         class Collector(trt.ILogger):
             def __init__(self) -> None:
                 trt.ILogger.__init__(self)
-                self.errors: list[str] = []
+                self._local = threading.local()
+
+            @property
+            def errors(self) -> list[str]:
+                if not hasattr(self._local, "errors"):
+                    self._local.errors = []
+                return self._local.errors
 
             def log(self, severity: Any, msg: str) -> None:
                 text = msg.strip()
@@ -155,6 +178,11 @@ class CudaRuntime:
         props = self._call("cudaGetDeviceProperties", index)
         name = props.name.decode(errors="replace").rstrip("\0") if isinstance(props.name, bytes) else str(props.name)
         return GpuInfo(name, (int(props.major), int(props.minor)), int(props.totalGlobalMem))
+
+    def memory_used(self) -> int:
+        """Bytes of GPU memory in use on the current device, by every process (the benchmark's memory figure)."""
+        free, total = self._call("cudaMemGetInfo")
+        return int(total) - int(free)
 
     def malloc(self, nbytes: int) -> int:
         return int(self._call("cudaMalloc", max(nbytes, 1)))
@@ -292,8 +320,11 @@ def deserialize_engine(runtime: Any, path: Path) -> Any:
 class TrtRunner(Runner):
     """One TensorRT engine behind the Runner interface.
 
-    Device buffers and pinned host buffers are allocated once, at load. `enqueue` queues copies and the engine on
-    a stream and returns the outputs as DeviceArrays (valid until this runner's next enqueue); `fetch` copies them
+    Buffers are allocated once: each output's device buffer at load; an input's device buffer and pinned host
+    staging on its first host feed, an output's pinned host buffer on its first fetch. So inputs always fed from
+    another engine on the device (the warping module's feature volume, the generator's feature, the paste
+    inputs) cost no memory, and no allocation or free happens at load for them while another stream is busy.
+    `enqueue` queues copies and the engine on a stream and returns the outputs as DeviceArrays (valid until this runner's next enqueue); `fetch` copies them
     back. `infer` is both, for the numpy-only callers. With `cuda_graph=True` the engine launch is captured once
     and replayed, which is valid while the bound addresses stay the same (static shapes make that the norm).
     """
@@ -326,9 +357,13 @@ class TrtRunner(Runner):
         self._runtime: Any = None
         self.engine: Any = None
         self.context: Any = None
-        self.stream = self._cuda.stream_create() if stream is None else stream
-        self._last_stream = self.stream  # where this runner's latest work was queued: close() waits for it
+        self.stream = self._last_stream = stream  # _last_stream: where the latest work was queued; close() waits
         try:
+            if stream is None:
+                try:
+                    self.stream = self._last_stream = self._cuda.stream_create()
+                except CudaError as exc:
+                    raise stream_error(self.path.name, exc) from exc
             self._runtime = trt.Runtime(trt_logger(trt))
             self.engine = deserialize_engine(self._runtime, self.path)
             self.context = self.engine.create_execution_context()
@@ -337,10 +372,9 @@ class TrtRunner(Runner):
             self._io = engine_io(self.engine, self.path.name)
             self.inputs = [t.spec() for t in self._io if t.is_input]
             self.outputs = [t.spec() for t in self._io if not t.is_input]
-            self._device = {t.name: self._alloc("device", t.nbytes) for t in self._io}
-            self._host = {t.name: host_view(self._alloc("host", t.nbytes), t.shape, t.dtype) for t in self._io}
             for tensor in self._io:
-                self._bind(tensor.name, self._device[tensor.name])
+                if not tensor.is_input:
+                    self._bind(tensor.name, self._device_buffer(tensor))
         except BaseException:
             self.close()
             raise
@@ -352,6 +386,18 @@ class TrtRunner(Runner):
             raise gpu_memory_error(self.path.name) from exc
         self._buffers.append((kind, ptr))
         return ptr
+
+    def _device_buffer(self, tensor: IoTensor) -> int:
+        """This runner's own device buffer of a tensor, allocated on first use."""
+        if tensor.name not in self._device:
+            self._device[tensor.name] = self._alloc("device", tensor.nbytes)
+        return self._device[tensor.name]
+
+    def _staging(self, tensor: IoTensor) -> np.ndarray:
+        """The pinned host buffer of a tensor, allocated on first use (pinned: copies are truly asynchronous)."""
+        if tensor.name not in self._host:
+            self._host[tensor.name] = host_view(self._alloc("host", tensor.nbytes), tensor.shape, tensor.dtype)
+        return self._host[tensor.name]
 
     def _bind(self, name: str, ptr: int) -> None:
         if self._bound.get(name) != ptr:
@@ -392,9 +438,10 @@ class TrtRunner(Runner):
                     )
                 self._bind(tensor.name, value.ptr)
             else:
-                np.copyto(self._host[tensor.name], value, casting="same_kind")
-                self._cuda.copy_htod(self._device[tensor.name], self._host[tensor.name].ctypes.data, tensor.nbytes, stream)
-                self._bind(tensor.name, self._device[tensor.name])
+                host, device = self._staging(tensor), self._device_buffer(tensor)
+                np.copyto(host, value, casting="same_kind")
+                self._cuda.copy_htod(device, host.ctypes.data, tensor.nbytes, stream)
+                self._bind(tensor.name, device)
         self._execute(stream)
         return {t.name: DeviceArray(self._device[t.name], t.shape, t.dtype) for t in self._io if not t.is_input}
 
@@ -440,7 +487,7 @@ class TrtRunner(Runner):
         chosen = None if names is None else set(names)
         wanted = [t for t in self._io if not t.is_input and (chosen is None or t.name in chosen)]
         for tensor in wanted:
-            self._cuda.copy_dtoh(self._host[tensor.name].ctypes.data, self._device[tensor.name], tensor.nbytes, stream)
+            self._cuda.copy_dtoh(self._staging(tensor).ctypes.data, self._device[tensor.name], tensor.nbytes, stream)
         self._cuda.stream_sync(stream)
         return {t.name: self._host[t.name].copy() for t in wanted}
 

@@ -5,6 +5,8 @@ import ctypes
 import logging
 import inspect
 import re
+import sys
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -26,6 +28,7 @@ from engines.trt import (
     engine_io,
     find_gpu,
     host_view,
+    import_tensorrt,
     trt_logger,
 )
 
@@ -350,22 +353,105 @@ def test_close_frees_the_other_buffers_when_one_free_fails(tmp_path: Path, cuda:
     assert "destroy stream 7" in cuda.calls
 
 
-def test_out_of_gpu_memory_names_the_model_and_frees_what_was_allocated(tmp_path: Path, cuda: FakeCuda) -> None:
+@pytest.mark.parametrize("failing", [1, 2])  # the output's buffer at load, the input's on its first host feed
+def test_out_of_gpu_memory_names_the_model_and_frees_what_was_allocated(
+    tmp_path: Path, cuda: FakeCuda, failing: int
+) -> None:
     malloc = cuda.malloc
 
-    def second_fails(nbytes: int) -> int:
-        if cuda.calls.count("malloc") == 1:
+    def nth_fails(nbytes: int) -> int:
+        if cuda.calls.count("malloc") == failing - 1:
             cuda.calls.append("malloc")
             raise CudaError("cudaMalloc failed: cudaErrorMemoryAllocation")
         return malloc(nbytes)
 
-    cuda.malloc = second_fails
+    cuda.malloc = nth_fails
     with pytest.raises(ModelLoadError) as caught:
-        _runner(tmp_path, cuda, "warping_module.engine")
+        _runner(tmp_path, cuda, "warping_module.engine").infer({"x": np.ones((1, 3))})
     assert str(caught.value) == (
         "not enough GPU memory for warping_module.engine; close other GPU apps or choose the cuda/cpu backend"
     )
+    if failing == 1:
+        assert cuda.memory == {}
+
+
+def test_only_host_fed_inputs_and_fetched_outputs_get_host_buffers(tmp_path: Path, cuda: FakeCuda) -> None:
+    """An input always fed from another engine on the device (warp -> decode) gets neither a device buffer of its
+    own nor pinned host staging; allocation happens on first use, once."""
+    warp, decode = _runner(tmp_path, cuda, "warp.engine"), _runner(tmp_path, cuda, "decode.engine")
+    assert cuda.calls.count("malloc") == 2 and cuda.calls.count("malloc_host") == 0  # each engine's output only
+    for step in range(3):
+        warped = warp.enqueue({"x": np.full((1, 3), float(step))})["y"]
+        decode.enqueue({"x": warped})
+        np.testing.assert_array_equal(decode.fetch()["y"], np.full((1, 3), 4.0 * step + 3))
+    # warp: its input's device buffer and staging; decode: its output's host buffer (first fetch); nothing else
+    assert cuda.calls.count("malloc") == 3 and cuda.calls.count("malloc_host") == 2
+    assert decode.context.addresses["x"] == warped.ptr
+    warp.close(), decode.close()
     assert cuda.memory == {}
+
+
+class NoStreamCuda(FakeCuda):
+    def __init__(self, code: str) -> None:
+        super().__init__()
+        self.code = code
+
+    def stream_create(self) -> int:
+        raise CudaError(f"cudaStreamCreateWithFlags failed: {self.code}", self.code)
+
+
+@pytest.mark.parametrize("code, message", [
+    ("cudaErrorMemoryAllocation",
+     "not enough GPU memory for m.engine; close other GPU apps or choose the cuda/cpu backend"),
+    ("cudaErrorInsufficientDriver",
+     "m.engine: CUDA could not create a stream (no NVIDIA driver, or one too old for CUDA 13 (it needs driver 580 "
+     "or newer)); restart the app, or choose the cuda/cpu backend"),
+    ("cudaErrorLaunchFailure",
+     "m.engine: CUDA could not create a stream (cudaErrorLaunchFailure); restart the app, or choose the cuda/cpu "
+     "backend"),
+])
+def test_a_stream_that_cannot_be_created_is_a_one_line_model_load_error(tmp_path: Path, code: str, message: str) -> None:
+    cuda = NoStreamCuda(code)
+    with pytest.raises(ModelLoadError) as caught:
+        _runner(tmp_path, cuda)
+    assert str(caught.value) == message and not isinstance(caught.value, CudaError)
+    assert cuda.memory == {} and not any(call.startswith("destroy stream") for call in cuda.calls)
+
+
+@pytest.mark.parametrize("version, usable", [
+    ("11.2.0.54", False), ("11.2", False), ("10.13.3.9", False), ("11.2.1.7", True), ("11.3.0.1", True), ("12.0.0", True),
+])
+def test_tensorrt_needs_11_2_1_for_the_5d_grid_sample(monkeypatch: pytest.MonkeyPatch, version: str, usable: bool) -> None:
+    module = SimpleNamespace(__version__=version)
+    monkeypatch.setitem(sys.modules, "tensorrt", module)
+    if usable:
+        assert import_tensorrt() is module
+        return
+    with pytest.raises(ModelLoadError) as caught:
+        import_tensorrt()
+    assert str(caught.value) == (
+        f"TensorRT {version} is too old (11.2.1 or newer has the native 5-D grid sample); "
+        "pip install -r requirements-gpu.txt"
+    )
+
+
+def test_each_thread_reads_only_the_tensorrt_errors_of_its_own_calls(cuda: FakeCuda) -> None:
+    """A deserialisation failing on the tracking thread while the render thread builds must not become the build's
+    reason: the logger keeps one error list per thread."""
+    trt = FakeTrt(cuda)
+    logger = trt_logger(trt)
+    logger.errors.clear()
+    logger.log(trt.ILogger.ERROR, "Error Code 4: no implementation for layer 'grid'\n")
+    other = threading.Thread(target=logger.log, args=(trt.ILogger.INTERNAL_ERROR, "Serialization assertion failed"))
+    other.start()
+    other.join()
+    assert logger.errors == ["Error Code 4: no implementation for layer 'grid'"]
+    seen: list[list[str]] = []
+    reader = threading.Thread(target=lambda: seen.append(list(logger.errors)))
+    reader.start()
+    reader.join()
+    assert seen == [[]]  # a fresh thread starts with no errors, not another thread's
+    logger.errors.clear()
 
 
 def test_every_runtime_gets_the_one_process_logger(tmp_path: Path, cuda: FakeCuda) -> None:
@@ -409,9 +495,9 @@ def test_the_pinned_cuda_python_takes_every_call_and_no_gpu_is_explained() -> No
     else:
         pytest.skip(f"this machine has a GPU ({gpu.name}): the no-driver path cannot be seen here (the gpu tests run)")
     names = set(re.findall(r'_call\("(\w+)"', inspect.getsource(CudaRuntime) + inspect.getsource(find_gpu)))
-    assert len(names) == 16 and {name for name in names if not hasattr(runtime, name)} == set()
+    assert len(names) == 17 and {name for name in names if not hasattr(runtime, name)} == set()
     calls = {
-        "device": (0,), "malloc": (16,), "free": (0,), "malloc_host": (16,), "free_host": (0,),
+        "device": (0,), "memory_used": (), "malloc": (16,), "free": (0,), "malloc_host": (16,), "free_host": (0,),
         "copy_htod": (0, 0, 4, 0), "copy_dtoh": (0, 0, 4, 0), "stream_create": (), "stream_sync": (0,),
         "stream_destroy": (0,), "capture_begin": (0,), "capture_end": (0,), "graph_launch": (0, 0), "graph_destroy": (0,),
     }
