@@ -1,147 +1,120 @@
 """Fetch the official LivePortrait release (KwaiVGI/LivePortrait on the Hugging Face hub) into the release layout.
 
-Resumable (a `.part` file grows until complete, continued with an HTTP Range request) and verified (the hub's
-sha256 of each LFS file, or at least its size). Offline, it fails fast and says what to fetch and where to put it,
-unless every file is already there: then they are kept, with a warning that they could not be verified.
+huggingface_hub does the transfer, so users get what they expect of it: resume, `HF_ENDPOINT` mirrors,
+`HF_HUB_OFFLINE`, tokens (`HF_TOKEN` or `hf auth login`) and xet downloads. On top of it we keep three promises:
+- a file counts as verified only when its sha256 equals the one the hub itself announced (the `X-Linked-Etag` of
+  the hub's own first answer, read with the library's `get_hf_file_metadata`, which stops at the redirect to the
+  CDN); a file the hub gives no sha256 for is refused, never kept unverified;
+- every request goes over https (plain http only to this machine, e.g. a local mirror or the tests' fake hub);
+- a file of the user's that differs from the release is set aside as `.old`, never overwritten. Offline, it fails
+  fast and says what to fetch and where to put it, unless every file is already there.
 """
 from __future__ import annotations
 
-import re
+import os
 import shutil
-import urllib.error
-import urllib.parse
-import urllib.request
-from email.message import Message
 from pathlib import Path
 from typing import Callable
+
+import httpx2
+from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
+from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+from huggingface_hub.utils import set_client_factory
+from huggingface_hub.utils._http import default_client_factory, hf_request_event_hook
 
 from engines.layout import WEIGHT_FILES
 from engines.trt_cache import file_sha256
 
-HUB_URL = "https://huggingface.co/KwaiVGI/LivePortrait/resolve/main"
-CHUNK = 1 << 20
+REPO_ID = "KwaiVGI/LivePortrait"
+#: hosts that may be reached over plain http: this machine only
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+#: what reaching the hub can fail with when the network (or HF_HUB_OFFLINE) stands in the way
+UNREACHABLE = (httpx2.TransportError, OfflineModeIsEnabled)
 
 
 class DownloadError(RuntimeError):
     """A download failed; the message says what to do instead."""
 
 
-def manual_instructions(to: Path, base_url: str = HUB_URL) -> str:
+def hub_endpoint(endpoint: str | None = None) -> str:
+    """The hub to download from: the argument, else $HF_ENDPOINT (read now, not at import), else huggingface.co."""
+    return (endpoint or os.environ.get("HF_ENDPOINT") or constants._HF_DEFAULT_ENDPOINT).rstrip("/")
+
+
+def manual_instructions(to: Path, endpoint: str | None = None) -> str:
     """The files to fetch by hand and where each goes, for machines without access to the hub."""
-    lines = [f"  {base_url}/{rel}  ->  {Path(to) / rel}" for rel in WEIGHT_FILES]
+    lines = [f"  {hf_hub_url(REPO_ID, rel, endpoint=hub_endpoint(endpoint))}  ->  {Path(to) / rel}" for rel in WEIGHT_FILES]
     return "download these files by hand and put them at the paths shown:\n" + "\n".join(lines)
 
 
-#: redirects followed by hand when the hub's redirect lacks X-Linked-Size (the CDN may redirect again)
-MAX_REDIRECTS = 5
+def require_https(url: str) -> None:
+    """Refuse a plain-http (or other) url unless it stays on this machine."""
+    parsed = httpx2.URL(url)
+    if parsed.scheme != "https" and parsed.host not in LOOPBACK:
+        raise DownloadError(f"refusing {url}: downloads go over https only (set HF_ENDPOINT to an https:// mirror)")
 
 
-class _KeepRedirect(urllib.request.HTTPRedirectHandler):
-    """Do not follow redirects: the hub's 302 to its CDN carries the LFS headers, the CDN's answer does not (and
-    urllib would follow a HEAD with a GET, downloading the whole file)."""
-
-    def redirect_request(self, *args: object, **kwargs: object) -> None:
-        return None
-
-
-_OPENER = urllib.request.build_opener(_KeepRedirect)
+def _https_only_client() -> httpx2.Client:
+    """The library's own client, with every request (redirects included) checked by require_https first."""
+    client = default_client_factory()
+    client.event_hooks["request"] = [lambda request: require_https(str(request.url)), hf_request_event_hook]
+    return client
 
 
-def _head(url: str, timeout: float) -> tuple[str | None, Message]:
-    """(where it redirects to or None, its headers) of one HEAD request, not following redirects."""
+def _set_aside(dest: Path) -> Path:
+    """Move a user's file that is not the release's out of the way (name.old, name.old1, ...) and return its new path."""
+    backup = next(p for n in range(1000) if not (p := dest.with_name(f"{dest.name}.old{n or ''}")).exists())
+    shutil.move(dest, backup)
+    return backup
+
+
+def _fetch_one(rel: str, to: Path, endpoint: str, token: str | bool | None, log: Callable[[str], None]) -> Path:
+    """One release file into `to`, verified against the sha256 the hub announces."""
+    dest = to / rel
+    meta = get_hf_file_metadata(hf_hub_url(REPO_ID, rel, endpoint=endpoint), token=token, endpoint=endpoint)
+    sha = meta.etag if meta.etag and len(meta.etag) == 64 and all(c in "0123456789abcdef" for c in meta.etag) else None
+    if sha is None:
+        raise DownloadError(f"{rel}: the hub announced no sha256 for it, so it cannot be verified; refusing it")
+    if dest.is_file():
+        if file_sha256(dest) == sha:
+            log(f"{rel}: already present and verified (sha256)")
+            return dest
+        log(f"{rel}: existing file differs from the release, kept as {_set_aside(dest).name}")
     try:
-        with _OPENER.open(urllib.request.Request(url, method="HEAD"), timeout=timeout) as response:
-            return None, response.headers
-    except urllib.error.HTTPError as exc:  # an unfollowed redirect arrives as an HTTPError
-        with exc:
-            location = exc.headers.get("Location")
-            if 300 <= exc.code < 400 and location:
-                return urllib.parse.urljoin(url, location), exc.headers
-            raise
+        to.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DownloadError(f"cannot create {to} ({exc.strerror}); choose a writable --to folder") from exc
+    hf_hub_download(REPO_ID, rel, local_dir=to, endpoint=endpoint, token=token)  # resumes; checks the size
+    if file_sha256(dest) != sha:
+        dest.unlink()
+        raise DownloadError(f"{rel}: sha256 does not match the release; the file was removed, run the command again")
+    log(f"{rel}: downloaded and verified (sha256)")
+    return dest
 
 
-def _remote_info(url: str, timeout: float) -> tuple[int | None, str | None]:
-    """Size and sha256 that the hub announces for one file (either may be unknown).
-
-    The hub answers an LFS file with a redirect whose X-Linked-Size / X-Linked-Etag are the file's size and
-    sha256; without them the redirects are followed (with HEAD) for the file's own Content-Length and ETag.
-    """
-    target, headers = _head(url, timeout)
-    size, etag = headers.get("X-Linked-Size"), headers.get("X-Linked-Etag")
-    for _ in range(MAX_REDIRECTS):
-        if target is None or size is not None:
-            break
-        target, headers = _head(target, timeout)
-    if target is None:  # the final answer: its own headers describe the file
-        size, etag = size or headers.get("Content-Length"), etag or headers.get("ETag")
-    etag = (etag or "").strip('W/"')
-    sha = etag if re.fullmatch(r"[0-9a-f]{64}", etag) else None
-    return (int(size) if size else None), sha
-
-
-def _fetch(url: str, dest: Path, size: int | None, timeout: float, progress: Callable[[int], None]) -> None:
-    """Download url into dest, continuing dest.part where an earlier run stopped."""
-    part = dest.with_name(dest.name + ".part")
-    have = part.stat().st_size if part.exists() else 0
-    if size is not None and have > size:
-        part.unlink()
-        have = 0
-    if size is not None and have == size:  # complete, killed before the rename: a Range request would get 416
-        progress(have)
-        part.replace(dest)
-        return
-    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        if have and response.status != 206:  # the server ignored the range: start over
-            have = 0
-        progress(have)
-        with open(part, "ab" if have else "wb") as out:
-            for block in iter(lambda: response.read(CHUNK), b""):
-                out.write(block)
-                progress(len(block))
-    part.replace(dest)
-
-
-def download(to: Path, base_url: str = HUB_URL, timeout: float = 15.0, log: Callable[[str], None] = print) -> list[Path]:
-    """Fetch every release file missing from `to`; files already complete and verified are kept as they are."""
-    from tqdm import tqdm
-
-    to = Path(to)
-    done: list[Path] = []
-    for rel in WEIGHT_FILES:
-        dest = to / rel
-        url = f"{base_url}/{rel}"
-        try:
-            size, sha = _remote_info(url, timeout)
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            present = [to / name for name in WEIGHT_FILES]
-            if all(path.is_file() for path in present):  # offline re-run: nothing to fetch, only to verify
-                log(f"warning: could not verify against the hub ({reason}); keeping the {len(present)} files in {to}")
-                return present
-            raise DownloadError(f"cannot reach {base_url} ({reason}); " + manual_instructions(to, base_url)) from exc
-        if dest.exists() and (size is None or dest.stat().st_size == size) and (sha is None or file_sha256(dest) == sha):
-            log(f"{rel}: already present and verified")
-            done.append(dest)
-            continue
-        try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise DownloadError(f"cannot create {dest.parent} ({exc.strerror}); choose a writable --to folder") from exc
-        if dest.exists():
-            # a file of the user's that does not match the release: keep it aside rather than overwrite it
-            backup = next(p for n in range(1000) if not (p := dest.with_name(f"{dest.name}.old{n or ''}")).exists())
-            shutil.move(dest, backup)
-            log(f"{rel}: existing file differs from the release, kept as {backup.name}")
-        with tqdm(total=size, unit="B", unit_scale=True, desc=Path(rel).name) as bar:
-            try:
-                _fetch(url, dest, size, timeout, bar.update)
-            except (urllib.error.URLError, OSError) as exc:
-                raise DownloadError(f"{rel}: download interrupted ({exc}); run the same command again to resume") from exc
-        if size is not None and dest.stat().st_size != size:
-            raise DownloadError(f"{rel}: got {dest.stat().st_size} bytes, expected {size}; run the command again")
-        if sha is not None and file_sha256(dest) != sha:
-            dest.unlink()
-            raise DownloadError(f"{rel}: sha256 does not match the release; the file was removed, run the command again")
-        done.append(dest)
-    return done
+def download(
+    to: Path, endpoint: str | None = None, token: str | bool | None = None, log: Callable[[str], None] = print
+) -> list[Path]:
+    """Fetch every release file missing from `to`; files already there and verified are kept as they are."""
+    to, endpoint = Path(to), hub_endpoint(endpoint)
+    require_https(endpoint)
+    set_client_factory(_https_only_client)
+    try:
+        return [_fetch_one(rel, to, endpoint, token, log) for rel in WEIGHT_FILES]
+    except UNREACHABLE as exc:
+        present = [to / rel for rel in WEIGHT_FILES]
+        if all(path.is_file() for path in present):  # offline re-run: nothing to fetch, only to verify
+            log(f"warning: could not verify against the hub ({exc}); keeping the {len(present)} unverified files in {to}")
+            return present
+        raise DownloadError(f"cannot reach {endpoint} ({exc}); " + manual_instructions(to, endpoint)) from exc
+    except HfHubHTTPError as exc:  # 401/403 (gated, bad token), 404 (wrong mirror), 5xx
+        status = exc.response.status_code if exc.response is not None else "?"
+        raise DownloadError(
+            f"the hub at {endpoint} refused {exc.response.request.url if exc.response is not None else REPO_ID} "
+            f"(HTTP {status}); check HF_ENDPOINT and your token (HF_TOKEN), or " + manual_instructions(to, endpoint)
+        ) from exc
+    except OSError as exc:  # disk full, unwritable folder, a transfer cut short (the library's size check)
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DownloadError(f"download stopped ({reason}); run the same command again to resume") from exc
+    finally:
+        set_client_factory(default_client_factory)

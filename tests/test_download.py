@@ -1,113 +1,258 @@
-"""The weights download: resumable, verified, and a fast clear failure offline."""
+"""The weights download through huggingface_hub, against a fake hub on 127.0.0.1 (no network): resumable,
+verified only by the sha256 the hub itself announces, https only, a mirror from HF_ENDPOINT, a fast clear failure
+offline."""
 from __future__ import annotations
 
 import hashlib
 import http.server
 import threading
 from pathlib import Path
+from typing import Iterator
 
 import pytest
+from huggingface_hub import constants
 
-from export import download as dl
 from engines.layout import WEIGHT_FILES
+from export import download as dl
+
+PAYLOAD = bytes(range(256)) * 1000
+COMMIT = "c" * 40
+PREFIX = f"/{dl.REPO_ID}/resolve/main/"
 
 
-class _RangeHandler(http.server.BaseHTTPRequestHandler):
-    """Serves every release path with the same payload, honouring Range and announcing the sha256 like the hub."""
+class FakeHub:
+    """Two servers like the hub and its CDN: the hub answers /resolve with a 302 to the CDN (another origin) that
+    carries X-Repo-Commit and, like the real hub for LFS files, X-Linked-Size / X-Linked-Etag (the sha256); the CDN
+    serves the bytes (with Range) under its own ETag, which is no sha256."""
 
-    payload = b""
-    requests: list[str] = []
+    def __init__(self) -> None:
+        self.payload = PAYLOAD
+        self.cdn_payload: bytes | None = None  # a CDN that serves other bytes than the hub announced
+        self.linked = True  # False: the hub's answer lacks X-Linked-*, like a plain git file
+        self.cdn_location: str | None = None  # override of the redirect target (e.g. a plain-http host)
+        self.cut_first_get = False  # the first transfer stops half-way (a dropped connection)
+        self.gets: list[str] = []  # Range header of each GET to the CDN ("" for a whole file)
+        self.hub_requests: list[str] = []
+        self.servers = [self._serve(self._hub_handler()), self._serve(self._cdn_handler())]
+        self.url, self.cdn_url = (f"http://127.0.0.1:{s.server_address[1]}" for s in self.servers)
 
-    def log_message(self, *args: object) -> None:
-        pass
+    @staticmethod
+    def _serve(handler: type) -> http.server.ThreadingHTTPServer:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        return server
 
-    def _headers(self, status: int, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("X-Linked-Size", str(len(self.payload)))
-        self.send_header("X-Linked-Etag", '"' + hashlib.sha256(self.payload).hexdigest() + '"')
-        self.end_headers()
+    def close(self) -> None:
+        for server in self.servers:
+            server.shutdown()
 
-    def do_HEAD(self) -> None:
-        self._headers(200, self.payload)
+    def _hub_handler(self) -> type:
+        hub = self
 
-    def do_GET(self) -> None:
-        rng = self.headers.get("Range")
-        self.requests.append(rng or "")
-        if rng:
-            start = int(rng.split("=")[1].rstrip("-"))
-            body = self.payload[start:]
-            self._headers(206, body)
-        else:
-            body = self.payload
-            self._headers(200, body)
-        self.wfile.write(body)
+        class Hub(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_HEAD(self) -> None:
+                hub.hub_requests.append(self.path)
+                if not self.path.startswith(PREFIX) or self.path.removeprefix(PREFIX) not in WEIGHT_FILES:
+                    self.send_response(404)
+                    self.send_header("X-Error-Code", "EntryNotFound")
+                    self.end_headers()
+                    return
+                self.send_response(302)
+                self.send_header("Location", hub.cdn_location or hub.cdn_url + "/cdn/" + self.path.removeprefix(PREFIX))
+                self.send_header("X-Repo-Commit", COMMIT)
+                self.send_header("Content-Length", "0")
+                self.send_header("ETag", '"' + "1" * 40 + '"')  # the git blob id, as the hub sends it
+                if hub.linked:
+                    self.send_header("X-Linked-Size", str(len(hub.payload)))
+                    self.send_header("X-Linked-Etag", '"' + hashlib.sha256(hub.payload).hexdigest() + '"')
+                self.end_headers()
+
+            do_GET = do_HEAD
+
+        return Hub
+
+    def _cdn_handler(self) -> type:
+        hub = self
+
+        class Cdn(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _answer(self, with_body: bool) -> None:
+                data = hub.payload if hub.cdn_payload is None else hub.cdn_payload
+                rng = self.headers.get("Range", "")
+                start = int(rng.split("=")[1].split("-")[0]) if rng else 0
+                body = data[start:]
+                self.send_response(206 if rng else 200)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("ETag", '"cdn-etag-0042"')
+                if rng:
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                self.end_headers()
+                if not with_body:
+                    return
+                hub.gets.append(rng)
+                if hub.cut_first_get and len(hub.gets) == 1:
+                    self.wfile.write(body[: len(body) // 2])
+                    self.close_connection = True
+                    return
+                self.wfile.write(body)
+
+            def do_HEAD(self) -> None:
+                self._answer(False)
+
+            def do_GET(self) -> None:
+                self._answer(True)
+
+        return Cdn
 
 
 @pytest.fixture()
-def server():
-    _RangeHandler.payload = bytes(range(256)) * 1000
-    _RangeHandler.requests = []
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RangeHandler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
+def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    fake = FakeHub()
+    yield fake
+    fake.close()
 
 
-def test_download_fetches_every_file_and_resumes_a_partial_one(server: str, tmp_path: Path) -> None:
-    first = tmp_path / WEIGHT_FILES[0]
-    first.parent.mkdir(parents=True)
-    first.with_name(first.name + ".part").write_bytes(_RangeHandler.payload[:1000])
-
-    files = dl.download(tmp_path, base_url=server, log=lambda s: None)
+def test_download_fetches_every_file_verified_and_keeps_them_on_a_rerun(hub: FakeHub, tmp_path: Path) -> None:
+    messages: list[str] = []
+    files = dl.download(tmp_path, endpoint=hub.url, log=messages.append)
 
     assert [p.relative_to(tmp_path).as_posix() for p in files] == WEIGHT_FILES
-    assert all(p.read_bytes() == _RangeHandler.payload for p in files)
-    assert "bytes=1000-" in _RangeHandler.requests  # the partial file was continued, not restarted
+    assert all(p.read_bytes() == PAYLOAD for p in files)
+    assert messages == [f"{rel}: downloaded and verified (sha256)" for rel in WEIGHT_FILES]
+    assert hub.gets == [""] * len(WEIGHT_FILES)
+
+    messages.clear()
+    dl.download(tmp_path, endpoint=hub.url, log=messages.append)
+    assert messages == [f"{rel}: already present and verified (sha256)" for rel in WEIGHT_FILES]
+    assert len(hub.gets) == len(WEIGHT_FILES)  # nothing fetched again
 
 
-def test_download_keeps_verified_files_and_sets_aside_a_different_one(server: str, tmp_path: Path) -> None:
-    dl.download(tmp_path, base_url=server, log=lambda s: None)
+def test_a_dropped_transfer_is_retried_and_nothing_partial_is_left(hub: FakeHub, tmp_path: Path) -> None:
+    hub.cut_first_get = True
+
+    files = dl.download(tmp_path, endpoint=hub.url, log=lambda s: None)
+
+    assert files[0].read_bytes() == PAYLOAD
+    assert len(hub.gets) == len(WEIGHT_FILES) + 1  # the cut one was fetched again by the library
+    assert not [p for p in tmp_path.rglob("*.incomplete")]
+
+
+def test_hf_endpoint_mirror_is_used(hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_ENDPOINT", hub.url + "/")
+
+    dl.download(tmp_path, log=lambda s: None)
+
+    assert hub.hub_requests[0] == PREFIX + WEIGHT_FILES[0]
+    assert (tmp_path / WEIGHT_FILES[-1]).read_bytes() == PAYLOAD
+
+
+def test_a_users_different_file_is_set_aside_never_overwritten(hub: FakeHub, tmp_path: Path) -> None:
+    dl.download(tmp_path, endpoint=hub.url, log=lambda s: None)
     odd = tmp_path / WEIGHT_FILES[1]
     odd.write_bytes(b"user's own file")
-    _RangeHandler.requests.clear()
+    hub.gets.clear()
     messages: list[str] = []
 
-    dl.download(tmp_path, base_url=server, log=messages.append)
+    dl.download(tmp_path, endpoint=hub.url, log=messages.append)
 
-    assert len(_RangeHandler.requests) == 1  # only the replaced file was fetched again
+    assert hub.gets == [""]  # only that file was fetched again
+    assert odd.read_bytes() == PAYLOAD
     assert odd.with_name(odd.name + ".old").read_bytes() == b"user's own file"
-    assert sum("already present and verified" in m for m in messages) == len(WEIGHT_FILES) - 1
-
+    assert f"{WEIGHT_FILES[1]}: existing file differs from the release, kept as {odd.name}.old" in messages
     odd.write_bytes(b"another file of the user's")
-    dl.download(tmp_path, base_url=server, log=messages.append)
+    dl.download(tmp_path, endpoint=hub.url, log=messages.append)
     assert odd.with_name(odd.name + ".old").read_bytes() == b"user's own file"  # the first one is kept too
     assert odd.with_name(odd.name + ".old1").read_bytes() == b"another file of the user's"
 
 
+def test_bytes_that_do_not_match_the_hubs_sha256_are_removed(hub: FakeHub, tmp_path: Path) -> None:
+    hub.cdn_payload = bytes(reversed(PAYLOAD))  # same size, other bytes: only the sha256 can tell
+
+    with pytest.raises(dl.DownloadError) as err:
+        dl.download(tmp_path, endpoint=hub.url, log=lambda s: None)
+
+    assert str(err.value) == (
+        f"{WEIGHT_FILES[0]}: sha256 does not match the release; the file was removed, run the command again"
+    )
+    assert not (tmp_path / WEIGHT_FILES[0]).exists()
+
+
+def test_without_the_hubs_sha256_nothing_is_downloaded_or_called_verified(hub: FakeHub, tmp_path: Path) -> None:
+    dl.download(tmp_path, endpoint=hub.url, log=lambda s: None)
+    (tmp_path / WEIGHT_FILES[0]).write_bytes(PAYLOAD[:1000])  # truncated, as after a crash of an old version
+    hub.linked, hub.gets = False, []  # the CDN still announces a size and an ETag: they must not count
+
+    with pytest.raises(dl.DownloadError) as err:
+        dl.download(tmp_path, endpoint=hub.url, log=lambda s: None)
+
+    assert str(err.value) == (
+        f"{WEIGHT_FILES[0]}: the hub announced no sha256 for it, so it cannot be verified; refusing it"
+    )
+    assert hub.gets == []
+
+
+def test_plain_http_is_refused_for_the_hub_and_for_a_redirect(hub: FakeHub, tmp_path: Path) -> None:
+    with pytest.raises(dl.DownloadError, match=r"^refusing http://hf-mirror\.example: downloads go over https only"):
+        dl.download(tmp_path, endpoint="http://hf-mirror.example", log=lambda s: None)
+
+    hub.cdn_location = "http://cdn.example/file"  # refused before any connection is tried (no network needed)
+    with pytest.raises(dl.DownloadError, match=r"^refusing http://cdn\.example/file: downloads go over https only"):
+        dl.download(tmp_path, endpoint=hub.url, log=lambda s: None)
+    assert not (tmp_path / WEIGHT_FILES[0]).exists()
+
+
 def test_offline_download_fails_fast_with_manual_instructions(tmp_path: Path) -> None:
     with pytest.raises(dl.DownloadError) as err:
-        dl.download(tmp_path, base_url="http://127.0.0.1:9", timeout=2)
+        dl.download(tmp_path, endpoint="http://127.0.0.1:9")
     text = str(err.value)
-    assert text.startswith("cannot reach http://127.0.0.1:9")
+    assert text.startswith("cannot reach http://127.0.0.1:9 (")
     for rel in WEIGHT_FILES:
-        assert str(tmp_path / rel) in text
+        assert f"http://127.0.0.1:9/{dl.REPO_ID}/resolve/main/{rel}  ->  {tmp_path / rel}" in text
 
 
-def test_cli_download_offline_prints_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
+def test_hf_hub_offline_gives_the_same_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(dl.DownloadError, match=r"^cannot reach https://huggingface\.co \(.*offline mode is enabled"):
+        dl.download(tmp_path, endpoint="https://huggingface.co")
+
+
+def test_offline_rerun_keeps_the_files_present_with_a_warning(hub: FakeHub, tmp_path: Path) -> None:
+    dl.download(tmp_path, endpoint=hub.url, log=lambda s: None)
+    messages: list[str] = []
+
+    files = dl.download(tmp_path, endpoint="http://127.0.0.1:9", log=messages.append)
+
+    assert files == [tmp_path / rel for rel in WEIGHT_FILES]
+    assert len(messages) == 1 and messages[0].startswith("warning: could not verify against the hub (")
+    assert messages[0].endswith(f"); keeping the {len(WEIGHT_FILES)} unverified files in {tmp_path}")
+    (tmp_path / WEIGHT_FILES[-1]).unlink()  # one missing: nothing to keep, the manual instructions again
+    with pytest.raises(dl.DownloadError, match=r"^cannot reach http://127.0.0.1:9"):
+        dl.download(tmp_path, endpoint="http://127.0.0.1:9", log=messages.append)
+
+
+def test_cli_download_offline_prints_the_error_without_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from export.__main__ import main
 
-    monkeypatch.setattr(dl, "HUB_URL", "http://127.0.0.1:9")
-    monkeypatch.setattr(dl.download, "__defaults__", ("http://127.0.0.1:9", 2.0, print))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     assert main(["download", "--to", str(tmp_path)]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: cannot reach http://127.0.0.1:9")
+    assert err.startswith("error: cannot reach http://127.0.0.1:9 (")
     assert "Traceback" not in err
 
 
 def test_cli_without_the_export_tools_says_what_to_install(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import sys
 
@@ -120,71 +265,3 @@ def test_cli_without_the_export_tools_says_what_to_install(
         "error: `python -m export fake-weights` needs the torch package; install the export tools with: "
         "pip install -r requirements-export.txt\n"
     )
-
-
-def test_a_complete_part_file_is_renamed_without_a_range_request(server: str, tmp_path: Path) -> None:
-    first = tmp_path / WEIGHT_FILES[0]
-    first.parent.mkdir(parents=True)
-    first.with_name(first.name + ".part").write_bytes(_RangeHandler.payload)  # killed just before the rename
-
-    files = dl.download(tmp_path, base_url=server, log=lambda s: None)
-
-    assert files[0].read_bytes() == _RangeHandler.payload and not first.with_name(first.name + ".part").exists()
-    assert _RangeHandler.requests == [""] * (len(WEIGHT_FILES) - 1)  # the others in full, that one not at all
-
-
-def test_offline_rerun_keeps_the_files_present_with_a_warning(server: str, tmp_path: Path) -> None:
-    dl.download(tmp_path, base_url=server, log=lambda s: None)
-    messages: list[str] = []
-
-    files = dl.download(tmp_path, base_url="http://127.0.0.1:9", timeout=2, log=messages.append)
-
-    assert files == [tmp_path / rel for rel in WEIGHT_FILES]
-    assert len(messages) == 1 and messages[0].startswith("warning: could not verify against the hub (")
-    assert messages[0].endswith(f"); keeping the {len(WEIGHT_FILES)} files in {tmp_path}")
-    (tmp_path / WEIGHT_FILES[-1]).unlink()  # one missing: nothing to keep, the manual instructions again
-    with pytest.raises(dl.DownloadError, match=r"^cannot reach http://127.0.0.1:9"):
-        dl.download(tmp_path, base_url="http://127.0.0.1:9", timeout=2, log=messages.append)
-
-
-class _HubHandler(http.server.BaseHTTPRequestHandler):
-    """The hub's way with LFS files: /resolve answers HEAD with a 302 to /cdn carrying X-Linked-Size/-Etag (unless
-    `linked` is off); /cdn answers with the file's Content-Length and an ETag that is not a sha256."""
-
-    linked = True
-    heads: list[str] = []
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def do_HEAD(self) -> None:
-        self.heads.append(self.path)
-        if self.path.startswith("/resolve/"):
-            self.send_response(302)
-            self.send_header("Location", "/cdn/" + self.path.removeprefix("/resolve/"))
-            self.send_header("Content-Length", "0")
-            if self.linked:
-                self.send_header("X-Linked-Size", "1234")
-                self.send_header("X-Linked-Etag", '"' + "ab" * 32 + '"')
-        else:
-            self.send_response(200)
-            self.send_header("Content-Length", "999")
-            self.send_header("ETag", '"cdn-etag-0042"')
-        self.end_headers()
-
-
-@pytest.fixture()
-def hub():
-    _HubHandler.heads = []
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HubHandler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-
-
-def test_remote_info_reads_the_redirect_itself_and_follows_it_only_for_a_size(hub: str, monkeypatch) -> None:
-    assert dl._remote_info(f"{hub}/resolve/model.pth", 2) == (1234, "ab" * 32)
-    assert _HubHandler.heads == ["/resolve/model.pth"]  # the CDN's headers were not needed
-    monkeypatch.setattr(_HubHandler, "linked", False)
-    assert dl._remote_info(f"{hub}/resolve/model.pth", 2) == (999, None)  # size from the CDN; its ETag is no sha
-    assert _HubHandler.heads[1:] == ["/resolve/model.pth", "/cdn/model.pth"]  # followed with HEAD (no do_GET here)
