@@ -1,10 +1,17 @@
-"""Shared fixtures: where the shared media lives, and a reduced-width model set built once per test session."""
+"""Shared fixtures: where the shared media lives, a reduced-width model set built once per test session, the
+shared media read once (portraits, the first driving frames), video read-back, the fake virtual camera, and the
+test tools of requirements-dev.txt, whose absence fails the run with the install command instead of skipping."""
 from __future__ import annotations
 
+import functools
+import importlib
 import os
 import tempfile
 from pathlib import Path
+from types import ModuleType
+from typing import Callable
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -15,6 +22,42 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LIVEPORTRAIT_SHARED", REPO.parent / "shared"))
 MEDIA = SHARED / "media"
 FIXTURES = SHARED / "fixtures"
+#: the shared driving video whose frames the reduced stand-in face detector finds a face in
+DRIVING_VIDEO = "d10.mp4"
+#: how many of its first frames the first_frames fixture holds
+DRIVING_FRAMES = 12
+DEV_INSTALL = "pip install -r requirements-dev.txt"
+
+
+def dev_module(module: str, package: str) -> ModuleType:
+    """A test tool that requirements-dev.txt installs. Its absence is a broken test environment, so the test fails
+    with the install command; a skip would hide it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        pytest.fail(f"{package} is not installed ({exc}); install the test tools: {DEV_INSTALL}", pytrace=False)
+
+
+try:
+    import pytestqt  # noqa: F401  (pytest-qt provides the qtbot fixture)
+except ImportError:
+
+    @pytest.fixture
+    def qtbot() -> None:
+        """Stands in for pytest-qt's fixture when the plugin is missing: the window tests fail, naming the fix."""
+        dev_module("pytestqt", "pytest-qt")
+
+
+@pytest.fixture(scope="session")
+def rtx() -> ModuleType:
+    """TensorRT-RTX: its ONNX parser and builder run without a GPU, so the default run checks every graph."""
+    return dev_module("tensorrt_rtx", "tensorrt-rtx")
+
+
+@pytest.fixture(scope="session")
+def cuda_runtime() -> ModuleType:
+    """NVIDIA cuda-python's runtime bindings (they import without a GPU)."""
+    return dev_module("cuda.bindings.runtime", "cuda-python")
 
 
 def _need(path: Path) -> Path:
@@ -66,11 +109,84 @@ def animator(reduced_models: Path):
 
 
 @pytest.fixture(scope="session")
-def portrait(media_dir: Path):
-    """A real portrait (s0.jpg) as RGB uint8."""
+def load_portrait(media_dir: Path) -> Callable[[str], np.ndarray]:
+    """name -> that shared portrait as RGB uint8, read once per session and read-only (copy to change it)."""
     from core.images import load_image
 
-    return load_image(media_dir / "portraits" / "s0.jpg")
+    @functools.cache
+    def load(name: str) -> np.ndarray:
+        image = load_image(media_dir / "portraits" / name)
+        image.flags.writeable = False
+        return image
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def portrait(load_portrait: Callable[[str], np.ndarray]) -> np.ndarray:
+    """A real portrait (s0.jpg) as RGB uint8."""
+    return load_portrait("s0.jpg")
+
+
+@pytest.fixture(scope="session")
+def first_frames(media_dir: Path) -> list[np.ndarray]:
+    """The first DRIVING_FRAMES frames of the shared driving video as RGB uint8 (read-only), decoded once."""
+    from render.offline import open_video
+
+    frames = open_video(media_dir / "driving" / DRIVING_VIDEO).frames()
+    out = [next(frames) for _ in range(DRIVING_FRAMES)]
+    for frame in out:
+        frame.flags.writeable = False
+    return out
+
+
+def _read_video(path: Path) -> list[np.ndarray]:
+    import cv2
+
+    capture = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+    capture.release()
+    return frames
+
+
+@pytest.fixture(scope="session")
+def read_video() -> Callable[[Path], list[np.ndarray]]:
+    """path -> every frame of a written video, decoded back as RGB uint8 (what a player would show)."""
+    return _read_video
+
+
+class FakeCam:
+    """Same interface as pyvirtualcam.Camera; keeps the frames it was sent."""
+
+    def __init__(self, width: int, height: int, fps: float) -> None:
+        self.width, self.height, self.fps, self.device = width, height, fps, "fake0"
+        self.sent: list[np.ndarray] = []
+        self.closed = False
+
+    @classmethod
+    def open(cls, width: int, height: int, fps: float) -> "FakeCam":
+        return cls(width, height, fps)
+
+    def send(self, frame: np.ndarray) -> None:
+        assert frame.shape == (self.height, self.width, 3) and frame.dtype == np.uint8
+        self.sent.append(frame)
+
+    def sleep_until_next_frame(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture(scope="session")
+def fake_cam() -> type[FakeCam]:
+    """The fake virtual camera class; pass `fake_cam.open` where the app takes a pyvirtualcam backend."""
+    return FakeCam
 
 
 @pytest.fixture(scope="session")
