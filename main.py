@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -28,6 +29,19 @@ def _common(suppress: bool) -> argparse.ArgumentParser:
     return parser
 
 
+#: what each yes/no animation option does (numeric ones show their range)
+SWITCH_HELP = {
+    "lip_zero": "close the portrait's lips before animating (the node's lip_zero)",
+    "eye_retargeting": "drive the eye opening by the driver's eye ratio",
+    "lip_retargeting": "drive the mouth opening by the driver's lip ratio",
+    "stitching": "keep the shoulders and head joined (stitching network); --no-stitching moves the crop freely",
+    "relative": "apply the driver's motion relative to its first frame; --no-relative copies it as is",
+}
+#: what `--record` does, said wherever it is offered
+RECORD_HELP = ("with --no-window: also record the output to this .mp4, in real time (a slow machine repeats each "
+               "animated frame until the next, so a minute of camera makes a minute of video)")
+
+
 def _add_options(parser: argparse.ArgumentParser) -> None:
     """One flag per ProcessOptions field, with the node's defaults and ranges."""
     group = parser.add_argument_group("animation options (the LivePortraitProcess node's, then the official pipeline's)")
@@ -36,11 +50,12 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
             continue  # --backend chooses where the networks run
         flag, default = "--" + field.name.replace("_", "-"), getattr(ProcessOptions(), field.name)
         if isinstance(default, bool):
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
+                               help=SWITCH_HELP[field.name])
         elif field.name == "animation_region":
             group.add_argument(flag, choices=ANIMATION_REGIONS, default=default,
                                help="what the driver moves: all, exp (expression only), pose, lip or eyes")
-        else:
+        elif field.name in OPTION_RANGES:  # numbers; a structured option (the edit) has flags of its own
             low, high = OPTION_RANGES[field.name]
             group.add_argument(flag, type=type(default), default=default, help=f"{low:g} to {high:g}, default {default:g}")
 
@@ -64,12 +79,16 @@ def _parser() -> argparse.ArgumentParser:
                    help="full-frame output video (.mp4), or a picture (.png/.jpg) for one driving image")
     p.add_argument("--crop-out", type=Path, help="also write the animated 512x512 crops to this video")
     p.add_argument("--force", action="store_true", help="replace output files that already exist")
+    p.add_argument("--start", type=int, default=0, metavar="S",
+                   help="begin at driving frame S (0 = the first; a video, image folder or template). "
+                        "With S > 0 the video's sound is left out")
+    p.add_argument("--frames", type=int, metavar="N", help="animate at most N driving frames (default: all)")
     _add_options(p)
 
     p = sub.add_parser("template", parents=[common], help="save a driving video's motion as a template .npz")
-    p.add_argument("--driving", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--force", action="store_true")
+    p.add_argument("--driving", type=Path, required=True, help="driving video, image folder or image")
+    p.add_argument("--out", type=Path, required=True, help="template file to write (.npz)")
+    p.add_argument("--force", action="store_true", help="replace the template file if it exists")
 
     p = sub.add_parser("live", parents=[common], help="animate from a camera at once, in the window or headless")
     p.add_argument("--source", type=Path, required=True, help="portrait image")
@@ -77,13 +96,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--virtual-cam", action="store_true", help="send the output to the virtual camera")
     p.add_argument("--mirror", action="store_true", help="flip the camera: the portrait moves like your reflection")
     p.add_argument("--no-window", action="store_true", help="run headless (no window), e.g. only into the virtual camera")
-    p.add_argument("--frames", type=int, help="with --no-window: stop after this many frames")
-    p.add_argument("--record", type=Path, help="with --no-window: also record the output to this .mp4")
+    p.add_argument("--frames", type=_at_least_one, help="with --no-window: stop after this many frames")
+    p.add_argument("--record", type=Path, help=RECORD_HELP)
     p.add_argument("--force", action="store_true", help="with --no-window: replace an existing --record file")
     _add_options(p)
 
     p = sub.add_parser("bench", parents=[common], help="per-stage timings and fps of process() on this machine")
-    p.add_argument("--frames", type=int, default=5)
+    p.add_argument("--frames", type=int, default=5, help="driving frames to time (default 5)")
     p.add_argument("--source", type=Path, help="portrait (default: a shared media portrait)")
     p.add_argument("--driving", type=Path, help="driving video (default: a shared media video)")
     return parser
@@ -106,6 +125,7 @@ def cmd_render(args: argparse.Namespace) -> None:
     animator = _animator(args)
     report = render(
         animator, args.source, args.driving, args.out, options, crop_out=args.crop_out, overwrite=args.force,
+        start_frame=args.start, max_frames=args.frames,
         progress=lambda frames, total: tqdm(frames, total=total, desc="render", unit="frame"),
     )
     print(f"wrote {args.out}: {report.summary()}")
@@ -113,9 +133,10 @@ def cmd_render(args: argparse.Namespace) -> None:
 
 def cmd_template(args: argparse.Namespace) -> None:
     from render.offline import make_template
+    from render.outputs import plural
 
     frames = make_template(_animator(args), args.driving, args.out, overwrite=args.force)
-    print(f"wrote {args.out}: {frames} frames")
+    print(f"wrote {args.out}: {plural(frames, 'frame')}")
 
 
 def cmd_live(args: argparse.Namespace) -> int:
@@ -134,13 +155,17 @@ def cmd_live(args: argparse.Namespace) -> int:
             raise ValueError("--frames, --record and --force apply with --no-window; in the window, use its record button")
         return run_app(args.models, args.backend, make_processor, camera=camera, portrait=args.source,
                        options=options, virtual_cam=args.virtual_cam, mirror=args.mirror or None)
+    if not (args.virtual_cam or args.record):
+        raise ValueError("--no-window needs somewhere to send the animation: add --virtual-cam and/or --record FILE.mp4")
+    if args.record:
+        print("recording in real time: each animated frame is held until the next one", file=sys.stderr)
     processor = make_processor(args.models, args.backend)
     processor.set_options(options, 0.3, False)
     processor.set_source(load_image(args.source))
     stats = run_headless(processor, open_camera(camera), args.virtual_cam, args.frames, record=args.record,
                          overwrite=args.force, mirror=args.mirror)
     print(stats.line())
-    return 0
+    return 1 if stats.sink_error else 0  # an output failed: said in one line when it happened
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -163,17 +188,33 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore")
+    default_sigterm = signal.signal(signal.SIGTERM, _terminated)
     try:
         code = COMMANDS[args.command](args) if args.command else cmd_app(args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # a render's says how far it got and that no output was replaced
+        print(str(exc) or "interrupted", file=sys.stderr)
         return 130
     except (RuntimeError, OSError, ValueError, ImportError) as exc:  # each expected failure has a one-line message
         if os.environ.get("LIVEPORTRAIT_DEBUG"):
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, default_sigterm)
     return code or 0
+
+
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM (a service manager, `kill`) ends a command like Ctrl+C: outputs are finished or abandoned, never
+    left half-written under their final names."""
+    raise KeyboardInterrupt("terminated")
+
+
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
 
 
 if __name__ == "__main__":

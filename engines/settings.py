@@ -1,31 +1,45 @@
 """Where the user's models folder is: command line, then $LIVEPORTRAIT_MODELS, then the saved setting (the last
 folder given with --models), then ./models.
 
-The settings file lives in the user's config folder ($LIVEPORTRAIT_CONFIG_DIR overrides it, which tests use).
+The settings file lives in the platform's config folder (platformdirs: ~/.config/liveportrait-rt on Linux,
+~/Library/Application Support/liveportrait-rt on macOS, %APPDATA%\\liveportrait-rt on Windows);
+$LIVEPORTRAIT_CONFIG_DIR overrides it, which tests use. The file is the user's to edit, so a value of the wrong type
+is one clear error, and failing to remember a folder never stops the command that was given it.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
+import platformdirs
+
 from engines.layout import DOWNLOAD_COMMAND, ModelsMissingError, missing_models
 
 
+log = logging.getLogger(__name__)
+
+APP_NAME = "liveportrait-rt"
+
+
 def config_dir() -> Path:
+    """$LIVEPORTRAIT_CONFIG_DIR, else the platform's per-user config folder (roaming on Windows, as before)."""
     override = os.environ.get("LIVEPORTRAIT_CONFIG_DIR")
     if override:
         return Path(override)
-    base = os.environ.get("APPDATA") or os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
-    return Path(base) / "liveportrait-rt"
+    return platformdirs.user_config_path(APP_NAME, appauthor=False, roaming=True)
+
+
+def settings_path() -> Path:
+    return config_dir() / "settings.json"
 
 
 def load_settings() -> dict[str, Any]:
     """The saved settings; an unreadable file counts as empty rather than stopping the app."""
-    path = config_dir() / "settings.json"
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(settings_path().read_text())
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
@@ -34,7 +48,7 @@ def load_settings() -> dict[str, Any]:
 def save_settings(**values: Any) -> None:
     """Merge values into the settings file (written atomically)."""
     data = load_settings() | values
-    path = config_dir() / "settings.json"
+    path = settings_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str))
@@ -50,6 +64,11 @@ def resolve_models_dir(cli_value: Path | None = None) -> Path:
     ]
     for origin, value in candidates:
         if value:
+            if not isinstance(value, (str, Path)):  # a hand-edited settings.json
+                raise ModelsMissingError(
+                    f"{settings_path()}: \"models_dir\" must be a folder path in quotes, not {value!r}; "
+                    "fix or delete that entry, or pass --models DIR"
+                )
             folder = Path(value).expanduser()
             missing = missing_models(folder)
             if missing:
@@ -57,9 +76,18 @@ def resolve_models_dir(cli_value: Path | None = None) -> Path:
                     f"models folder {folder} (from {origin}) lacks {', '.join(missing)}; create it with: {DOWNLOAD_COMMAND}"
                 )
             if origin == "--models":  # remembered, so the next start (the app without arguments) finds it
-                save_settings(models_dir=str(folder.resolve()))
+                remember_models_dir(folder)
             return folder
     default = Path("models")
     if default.is_dir() and not missing_models(default):
         return default
     raise ModelsMissingError(f"no models folder is configured; create one with: {DOWNLOAD_COMMAND} (or pass --models DIR)")
+
+
+def remember_models_dir(folder: Path) -> None:
+    """Save `folder` for the next start; a config folder that cannot be written only costs a warning."""
+    try:
+        save_settings(models_dir=str(Path(folder).resolve()))
+    except OSError as exc:
+        log.warning("could not remember the models folder in %s (%s); pass --models again next time",
+                    settings_path(), exc.strerror or exc)

@@ -114,6 +114,22 @@ class CallbackSink:
         pass
 
 
+#: what "dropped A+B" in the readout means (the window's tooltip, `live --help`)
+DROPPED_HELP = (
+    "dropped A+B: A camera frames skipped because the animation was busy with an older one (they are never "
+    "queued, so the delay stays one frame), B animated frames the outputs had no time to show"
+)
+
+
+def rate_text(fps: float) -> str:
+    """A frame rate readable at any speed: '25 fps', '8.3 fps', '0.12 fps' reads better as '8.3 s/frame'."""
+    if fps <= 0:
+        return "-- fps"
+    if fps < 1:
+        return f"{1 / fps:.2g} s/frame" if 1 / fps < 10 else f"{1 / fps:.0f} s/frame"
+    return f"{fps:.2g} fps" if fps < 10 else f"{fps:.0f} fps"
+
+
 @dataclass
 class LiveStats:
     """A snapshot of the loop's health."""
@@ -136,7 +152,7 @@ class LiveStats:
         """A one-line readout for a status bar or a terminal."""
         stages = " ".join(f"{k} {v:.1f}" for k, v in self.timings.items())
         text = (
-            f"{self.fps:5.1f} fps | latency p50 {self.latency_p50_ms:.0f} ms p95 {self.latency_p95_ms:.0f} ms | "
+            f"{rate_text(self.fps)} | latency p50 {self.latency_p50_ms:.0f} ms p95 {self.latency_p95_ms:.0f} ms | "
             f"dropped {self.dropped_capture}+{self.dropped_output}"
         )
         return f"{text} | {stages} ms" if stages else text
@@ -167,6 +183,11 @@ class LiveLoop:
         self.pending_settings: tuple[ProcessOptions, float, bool] | None = None
         self.stop_event = threading.Event()
         self.threads: list[threading.Thread] = []
+        # who closes what when stop() cannot wait (under self.lock): the capture thread closes the camera it reads,
+        # and the output thread the sinks when stop() gave up waiting for its send
+        self.capturing = False
+        self.output_running = False
+        self.close_sinks_on_exit = False
         self.stats_ = LiveStats()
         self.latencies: deque[float] = deque(maxlen=HISTORY)
         self.out_times: deque[float] = deque(maxlen=HISTORY)
@@ -177,9 +198,15 @@ class LiveLoop:
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
     def start(self) -> None:
+        self.threads = [t for t in self.threads if t.is_alive()]
         if self.threads:
-            raise RuntimeError("the live loop is already running; stop() it before starting again")
+            raise RuntimeError(
+                "the live loop is still running (or still finishing a frame after stop()); stop() it before starting again"
+            )
         self.stop_event.clear()
+        with self.lock:
+            self.capturing = self.output_running = True
+            self.close_sinks_on_exit = False
         stages = (("capture", self._capture), ("process", self._process), ("render", self._render), ("output", self._output))
         for name, target in stages:
             thread = threading.Thread(target=target, name=f"live-{name}", daemon=True)
@@ -187,7 +214,10 @@ class LiveLoop:
             self.threads.append(thread)
 
     def stop(self, timeout: float = 2.0) -> bool:
-        """Join every thread within `timeout` s in total, then close camera, sinks and processor. True if joined."""
+        """Join every thread within `timeout` s in total, then close sinks, camera and processor, each only when no
+        thread can still be using it. True if every thread joined. A thread that did not join is kept (start()
+        refuses to run a second set beside it); the capture thread closes the camera and the output thread the
+        sinks when they finish, and the processor stays open (its frame may still be running)."""
         self.stop_event.set()
         rendering = self.rendering
         for processor in {id(p): p for p in (self.processor, rendering) if p is not None}.values():
@@ -195,15 +225,13 @@ class LiveLoop:
         deadline = time.monotonic() + timeout
         for thread in self.threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        joined = not any(t.is_alive() for t in self.threads)
-        self.threads = []
-        for source in (self.source, self.pending_source):
-            if source is not None:
-                source.close()
-        self.pending_source = None
-        for sink in self.sinks:
-            sink.close()
-        self.sinks = []
+        self.threads = [t for t in self.threads if t.is_alive()]
+        joined = not self.threads
+        self._close_sinks(max(0.0, deadline - time.monotonic()))
+        with self.lock:
+            capturing = self.capturing
+        if not capturing:  # else the capture thread, still inside read(), closes the camera when it returns
+            self._close_sources()
         if joined:  # a thread still inside a processor would use freed sessions/buffers
             for processor in [*self.retired, self.processor]:
                 if processor is not None:
@@ -285,11 +313,14 @@ class LiveLoop:
         self.retired.append(old)
 
     def set_camera(self, source: FrameSource) -> None:
-        """Switch to another camera/video; the capture thread closes the old one."""
+        """Switch to another camera/video; the capture thread closes the old one (or, when none runs, this call)."""
         with self.lock:
-            if self.pending_source is not None:
-                self.pending_source.close()
-            self.pending_source = source
+            if self.capturing:
+                old, self.pending_source = self.pending_source, source
+            else:
+                old, self.source = self.source, source
+        if old is not None:
+            old.close()  # a queued camera no thread has read from yet, or the stopped loop's
         self.recalibrate()  # another camera sees the face from elsewhere: its first frame is the new neutral
 
     def add_sink(self, sink: Sink) -> None:
@@ -298,11 +329,48 @@ class LiveLoop:
             self.stats_.sink_error = ""  # a new output starts with a clean slate
 
     def remove_sink(self, sink: Sink) -> None:
-        """Detach and close a sink (after the output thread finishes its current send)."""
+        """Detach and close a sink (after the output thread finishes its current send); raises what close() raises."""
         with self.lock:
             self.sinks = [s for s in self.sinks if s is not sink]
         with self.send_lock:
             sink.close()
+
+    def _close_sinks(self, wait_s: float) -> None:
+        """Close every sink under the send lock, so none is closed in the middle of a send (a recorder writing its
+        held copies into a closed video would start a new file over the finished one). If the output thread is
+        still inside a send after `wait_s`, it closes them itself when that send returns."""
+        if not self.send_lock.acquire(timeout=wait_s):
+            with self.lock:
+                handed_off = self.close_sinks_on_exit = self.output_running
+            if handed_off:
+                return
+            self.send_lock.acquire()  # the output thread is gone; a remove_sink() is finishing its close
+        try:
+            with self.lock:
+                sinks, self.sinks = self.sinks, []
+            for sink in sinks:
+                self._retire_sink(sink)
+        finally:
+            self.send_lock.release()
+
+    def _retire_sink(self, sink: Sink, error: Exception | None = None) -> None:
+        """Close a sink; when it failed (`error`) or its close() fails, the reason becomes one line in the stats
+        (the window shows it, a headless run reports it and exits non-zero), never an exception on a loop thread."""
+        try:
+            sink.close()
+        except Exception as exc:  # e.g. the recording's disk is full when ffmpeg finishes the file
+            error = error or exc
+        if error is not None:
+            log.debug("sink %s failed", type(sink).__name__, exc_info=error)
+            with self.lock:
+                self.stats_.sink_error = f"{type(sink).__name__} stopped: {error}"
+
+    def _close_sources(self) -> None:
+        with self.lock:
+            sources, self.pending_source = (self.source, self.pending_source), None
+        for source in sources:
+            if source is not None:
+                source.close()
 
     @property
     def delivered(self) -> int:
@@ -332,6 +400,14 @@ class LiveLoop:
             self.processor.set_options(*settings)
 
     def _capture(self) -> None:
+        try:
+            self._capture_frames()
+        finally:  # only this thread may close the camera it reads (stop() does not wait for a read to return)
+            with self.lock:
+                self.capturing = False
+            self._close_sources()
+
+    def _capture_frames(self) -> None:
         index = 0
         while not self.stop_event.is_set():
             with self.lock:
@@ -428,26 +504,36 @@ class LiveLoop:
         self.output_q.put(LiveFrame(item.image, result, item.capture_ts, item.index, process_ms))
 
     def _output(self) -> None:
+        try:
+            self._output_frames()
+        finally:
+            with self.lock:
+                self.output_running = False
+                orphaned = self.close_sinks_on_exit
+            if orphaned:  # stop() gave up waiting for a send of this thread: closing is left to it
+                self._close_sinks(0.0)
+
+    def _output_frames(self) -> None:
         while not self.stop_event.is_set():
             frame = self.output_q.get(POLL_S)
             if frame is None:
                 continue
             frame.out_ts = time.monotonic()
             with self.lock:
-                sinks = self.sinks
                 if frame.result.output is not None:  # the animation's latency: camera-only frames would hide it
                     self.latencies.append(frame.latency_ms)
                 self.out_times.append(frame.out_ts)
                 self.stats_.delivered += 1
             with self.send_lock:
+                with self.lock:  # read under the send lock: a sink remove_sink() closed is never sent to
+                    sinks = self.sinks
                 for sink in sinks:
                     try:
                         sink.send(frame)
                     except Exception as exc:  # one broken sink (e.g. disk full) must not starve the others
-                        log.exception("sink failed")
-                        self.remove_sink(sink)
                         with self.lock:
-                            self.stats_.sink_error = f"{type(sink).__name__} stopped: {exc}"
+                            self.sinks = [s for s in self.sinks if s is not sink]
+                        self._retire_sink(sink, exc)
 
 
 def run_headless(
@@ -467,11 +553,20 @@ def run_headless(
     """Run without a window until `frames` frames were delivered (None: until Ctrl+C or stop_event).
 
     The processor must already have its portrait. A missing virtual camera is reported and the loop keeps
-    running; status lines go to `report` (stderr by default).
+    running; status lines go to `report` (stderr by default). A webcam that cannot be opened is a CameraError at
+    once (nobody is there to plug it in). An output that fails (a full disk) is reported in one line and dropped;
+    the others go on, the run ends when none is left, and the returned stats carry `sink_error`.
     """
+    from realtime.camera import CameraSource
     from realtime.record import Recorder
     from realtime.vcam import VirtualCamSink, VirtualCameraUnavailable
+    from render.outputs import refuse_overlap
 
+    if frames is not None and frames < 1:
+        raise ValueError(f"--frames must be 1 or more, got {frames}")
+    refuse_overlap({"camera video": getattr(camera, "path", None)}, {"recording": record})
+    if isinstance(camera, CameraSource):
+        camera.probe()
     say = report or (lambda line: print(line, file=sys.stderr, flush=True))
     sinks: list[Sink] = []
     if record is not None:
@@ -488,9 +583,20 @@ def run_headless(
     stop = stop_event or threading.Event()
     loop.start()
     next_report = time.monotonic() + report_every_s
+    said = ""
+
+    def say_sink_error() -> None:
+        nonlocal said
+        if loop.stats_.sink_error != said:
+            said = loop.stats_.sink_error
+            say(f"error: {said}")
+
     try:
         while not stop.is_set() and (frames is None or loop.delivered < frames):
             stop.wait(0.01)
+            say_sink_error()
+            if said and not loop.sinks:
+                break  # the last output failed: nothing left to run for
             if time.monotonic() >= next_report:
                 stats = loop.stats()
                 say(stats.line() + "".join(f" | {s}" for s in (stats.status, stats.camera_status) if s))
@@ -499,4 +605,5 @@ def run_headless(
         say("stopping")
     finally:
         loop.stop()
+    say_sink_error()  # e.g. the recording could not be finished
     return loop.stats()

@@ -3,9 +3,10 @@ image folders, single images or motion templates, and the `render` / `template` 
 """
 from __future__ import annotations
 
+import itertools
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -18,7 +19,9 @@ from core.motion import Motion, image_reference
 from core.options import ProcessOptions
 from core.animator import NET_SIZE, Animator, DrivingFrame
 from core.portrait import SourcePortrait
-from render.outputs import ImageFile, VideoFile, has_audio, refuse_existing
+from render.outputs import (
+    ImageFile, Interrupted, VideoFile, check_target, has_audio, left_as_it_was, plural, refuse_overlap,
+)
 from core.templates import Template, load_template, save_template
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -82,6 +85,29 @@ def open_driving(path: Path) -> DrivingClip | Template:
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return open_images([path])
     return open_video(path)
+
+
+def frame_range(driving: DrivingClip | Template, start: int = 0, frames: int | None = None) -> DrivingClip | Template:
+    """Driving frames start .. start+frames-1, as if the input had been cut first: the first kept frame is the
+    reference of relative motion and a video's crop box is averaged over the kept frames only."""
+    if start < 0 or (frames is not None and frames < 1):
+        raise DrivingInputError(f"--start must be 0 or more and --frames 1 or more (got {start} and {frames})")
+    if start == 0 and frames is None:
+        return driving
+    end = None if frames is None else start + frames
+    if isinstance(driving, Template):
+        kept: DrivingClip | Template = replace(driving, **{
+            f.name: getattr(driving, f.name)[start:end] for f in fields(driving)
+            if isinstance(getattr(driving, f.name), np.ndarray)
+        })
+        empty = len(kept) == 0  # type: ignore[arg-type]
+    else:
+        count = None if driving.count is None else len(range(driving.count)[start:end])
+        kept = DrivingClip(lambda: itertools.islice(driving.frames(), start, end), driving.fps, count)
+        empty = count == 0 or (count is None and next(kept.frames(), None) is None)
+    if empty:
+        raise DrivingInputError(f"--start {start} is past the last driving frame; use a smaller --start")
+    return kept
 
 
 def array_clip(frames: Sequence[np.ndarray] | np.ndarray) -> DrivingClip:
@@ -205,25 +231,39 @@ def render(
     crop_out: Path | None = None,
     overwrite: bool = False,
     progress: Callable[[Iterable, int], Iterable] = lambda frames, total: frames,
+    start_frame: int = 0,
+    max_frames: int | None = None,
 ) -> RenderReport:
-    """Animate one portrait with a driving input into a full-frame video (and optionally the crops)."""
-    driving = open_driving(driving_path)
+    """Animate one portrait with a driving input into a full-frame video (and optionally the crops). The files
+    appear under their names only when complete: a failed or interrupted render leaves those names as they were."""
+    refuse_overlap({"portrait": source_path, "driving input": driving_path}, {"output": out, "crop output": crop_out})
+    driving = frame_range(open_driving(driving_path), start_frame, max_frames)
     is_video = isinstance(driving, DrivingClip) and driving.count is None
-    sound = Path(driving_path) if is_video and has_audio(driving_path) else None  # its sound goes along
+    # its sound goes along (cut to the animation's length); from a later start it would be out of step
+    sound = Path(driving_path) if is_video and start_frame == 0 and has_audio(driving_path) else None
     sinks = [_sink(path, driving, overwrite, sound) for path in (out, crop_out) if path is not None]
     src = animator.prepare_source(load_image(source_path), options)  # no face: fail before any slow work
     animator.timer.reset()
     start = time.perf_counter()
     frames = 0
-    with ExitStack() as closing:  # every file is finished, even when one of them fails
-        for sink in sinks:
-            closing.callback(sink.close)
+    motions: list[Motion] = []
+    try:
         motions = driving_motions(animator, driving)
         for crop, full in progress(animate_frames(animator, src, motions, options), len(motions)):
             sinks[0].write(full)
             if crop_out:
                 sinks[1].write(crop)
             frames += 1
+    except BaseException as exc:
+        for sink in sinks:
+            sink.discard()
+        if isinstance(exc, KeyboardInterrupt):
+            done = f"{frames} of {plural(len(motions), 'frame')}" if motions else "0 frames (reading the driving input)"
+            raise Interrupted(f"interrupted after {done}; " + "; ".join(left_as_it_was(s.path) for s in sinks)) from None
+        raise
+    with ExitStack() as closing:  # every file is finished, even when one of them fails
+        for sink in sinks:
+            closing.callback(sink.close)
     return RenderReport(frames, time.perf_counter() - start, dict(animator.timer.ms), sound)
 
 
@@ -240,7 +280,8 @@ def _sink(path: Path, driving: DrivingClip | Template, overwrite: bool, sound: P
 
 def make_template(animator: Animator, driving_path: Path, out: Path, overwrite: bool = False) -> int:
     """Extract a driving video's per-frame motion into a template file (the shared .npz format); returns frames."""
-    refuse_existing(out, overwrite)  # before the slow part
+    refuse_overlap({"driving input": driving_path}, {"template": out})
+    check_target(out, overwrite)  # before the slow part
     clip = open_driving(driving_path)
     if isinstance(clip, Template):
         raise DrivingInputError(f"{driving_path} is already a template; give a video, image or folder")
