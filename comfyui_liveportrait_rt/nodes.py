@@ -34,6 +34,9 @@ NODE_STEPS = {
     "eyes_retargeting_multiplier": 0.001,
     "lip_retargeting_multiplier": 0.001,
 }
+#: how far outside 0..1 an IMAGE may stray and still be clamped (a bicubic or Lanczos resize overshoots a little);
+#: beyond it the batch is in another range (0..255 pixels, -1..1) and refused
+IMAGE_SLACK = 0.5
 BACKEND_TOOLTIP = "onnx_device: the LivePortraitProcess node's onnx_device (CPU or CUDA) decides; else a fixed backend"
 
 #: opened Animators per (resolved models folder, backend name): sessions are opened once per ComfyUI process,
@@ -104,6 +107,12 @@ def image_batch_to_uint8(images: Any, name: str) -> np.ndarray:
     values = images.detach().to(torch.float32)
     if not torch.isfinite(values).all():
         raise ImageInputError(f"{name} contains NaN or infinite values; give finite pixel values in [0, 1]")
+    low, high = float(values.min()), float(values.max())
+    if low < -IMAGE_SLACK or high > 1 + IMAGE_SLACK:  # clamped, a 0..255 image would be white: "no face found"
+        raise ImageInputError(
+            f"{name} has values from {low:g} to {high:g}, but a ComfyUI IMAGE holds 0..1; scale it to 0..1 first "
+            "(pixels in 0..255: divide by 255)"
+        )
     return (values.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
 
 

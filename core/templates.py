@@ -6,17 +6,26 @@ optionally eye_ratio (N, 2) and lip_ratio (N, 1), the driving ratios that retarg
 """
 from __future__ import annotations
 
+import math
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
 from core.motion import K, Motion
+from engines.files import atomic_output
 
 #: per-frame arrays: name -> shape after the frame axis N
 FRAME_ARRAYS = {"scale": (1,), "R": (3, 3), "exp": (K, 3), "t": (3,)}
 OPTIONAL_ARRAYS = {"eye_ratio": (2,), "lip_ratio": (1,)}
+#: the most frames a template holds (an hour at 30 fps, 34 MB as float32); checked in the arrays' .npy headers
+#: before any array is read, since numpy allocates whatever a small compressed file declares
+MAX_FRAMES = 108_000
+#: values each array may declare: MAX_FRAMES frames of its per-frame shape; fps is one number
+MAX_VALUES = {name: MAX_FRAMES * math.prod(tail) for name, tail in {**FRAME_ARRAYS, **OPTIONAL_ARRAYS}.items()} | {"fps": 1}
 
 
 class TemplateError(ValueError):
@@ -52,14 +61,38 @@ class Template:
         )
 
 
-def _validate(where: str, arrays: dict[str, np.ndarray]) -> Template:
-    """Every array's presence, dtype, shape, frame count and finiteness; one message per problem."""
-    allowed = {*FRAME_ARRAYS, *OPTIONAL_ARRAYS, "fps"}
-    unknown = sorted(set(arrays) - allowed)
+def _refuse_unknown(where: str, names: Iterable[str]) -> None:
+    unknown = sorted(set(names) - set(MAX_VALUES))
     if unknown:
         raise TemplateError(
-            f"{where}: unknown array(s) {', '.join(unknown)}; a template holds only {', '.join(sorted(allowed))}"
+            f"{where}: unknown array(s) {', '.join(unknown)}; a template holds only {', '.join(sorted(MAX_VALUES))}"
         )
+
+
+def _check_sizes(where: str, loaded: np.lib.npyio.NpzFile) -> None:
+    """Every array's name and declared size from its .npy header, before anything is read: a 1 MB compressed
+    file of zeros can declare gigabytes, and numpy would allocate them before any shape check."""
+    _refuse_unknown(where, loaded.files)
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    for name in loaded.files:
+        try:
+            with loaded.zip.open(f"{name}.npy") as member:
+                version = np.lib.format.read_magic(member)
+                if version not in readers:
+                    raise ValueError(f"array {name!r} is in .npy format {version}; save templates with save_template")
+                shape, _, _ = readers[version](member)
+        except (ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+            raise TemplateError(f"{where} is not an .npz motion template: the file is damaged ({err})") from None
+        if math.prod(shape) > MAX_VALUES[name]:
+            raise TemplateError(
+                f"{where}: array {name!r} has shape {shape}, too large for a template (at most {MAX_FRAMES} frames, "
+                "an hour at 30 fps); shorten the driving video"
+            )
+
+
+def _validate(where: str, arrays: dict[str, np.ndarray]) -> Template:
+    """Every array's presence, dtype, shape, frame count and finiteness; one message per problem."""
+    _refuse_unknown(where, arrays)
     missing = [name for name in (*FRAME_ARRAYS, "fps") if name not in arrays]
     if missing:
         raise TemplateError(f"{where}: array(s) {', '.join(missing)} missing; a template needs scale, R, exp, t, fps")
@@ -110,6 +143,7 @@ def load_template(path: str | Path) -> Template:
     if not isinstance(loaded, np.lib.npyio.NpzFile):
         raise TemplateError(f"{not_npz}: it holds a single .npy array; save a template with save_template")
     with loaded:
+        _check_sizes(str(path), loaded)
         arrays: dict[str, np.ndarray] = {}
         for name in loaded.files:
             try:
@@ -144,7 +178,7 @@ def save_template(path: str | Path, motions: list[Motion], fps: float, overwrite
             arrays[name] = np.stack([np.asarray(getattr(m, name)).reshape(-1) for m in motions]).astype(np.float32)
     _validate(str(path), arrays)
     try:
-        with open(path, "wb" if overwrite else "xb") as f:
-            np.savez(f, **arrays)
+        with atomic_output(path.resolve(), overwrite) as partial, open(partial, "wb") as f:
+            np.savez(f, **arrays)  # a file object: np.savez would add .npz to a name without it
     except FileExistsError:
         raise TemplateError(f"{path} already exists; choose another name or pass overwrite=True") from None

@@ -7,8 +7,9 @@ seconds, so the capture thread (and stop()) stay responsive.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Protocol
+from typing import Iterator, Protocol
 
 import cv2
 import numpy as np
@@ -20,6 +21,18 @@ IDLE_SLEEP_S = 0.05
 
 class CameraError(ValueError):
     """A camera specification that can never work (e.g. a video path that does not exist)."""
+
+
+@contextmanager
+def _quiet_opencv() -> Iterator[None]:
+    """OpenCV's own warnings off while a camera index is tried: an absent camera is expected, and `status` says
+    it in one line (OpenCV would print two lines of its internals on every retry)."""
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    try:
+        yield
+    finally:
+        cv2.utils.logging.setLogLevel(level)
 
 
 class FrameSource(Protocol):
@@ -48,12 +61,13 @@ class CameraSource:
 
     def _open(self) -> None:
         self.next_open = time.monotonic() + REOPEN_EVERY_S
-        cap = cv2.VideoCapture(self.index)
+        with _quiet_opencv():
+            cap = cv2.VideoCapture(self.index)
         if not cap.isOpened():
             cap.release()
             self.status = (
-                f"no camera at index {self.index} (unplugged or used by another app); retrying every "
-                f"{REOPEN_EVERY_S:g} s - plug it in, close the other app, or choose another camera or a video file"
+                f"{self._absent()}; retrying every {REOPEN_EVERY_S:g} s - plug it in, close the other app, "
+                "or choose another camera or a video file"
             )
             return
         cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.width)
@@ -61,6 +75,19 @@ class CameraSource:
         cap.set(cv2.CAP_PROP_FPS, self.fps)
         self.fps = cap.get(cv2.CAP_PROP_FPS) or self.fps
         self.cap, self.status = cap, ""
+
+    def _absent(self) -> str:
+        return f"no camera at index {self.index} (unplugged or used by another app)"
+
+    def probe(self) -> None:
+        """Open and release the camera once, now: a headless run without it fails at once with CameraError
+        rather than retrying forever (the window keeps retrying: its user can plug the camera in). Released again
+        so the capture thread opens it on its own thread, as drivers expect."""
+        self._open()
+        if self.cap is None:
+            raise CameraError(f"{self._absent()}; plug it in, close the other app, or pass a video file as --camera")
+        self.close()
+        self.next_open = 0.0
 
     def read(self) -> np.ndarray | None:
         if self.cap is None:
@@ -132,9 +159,7 @@ def open_camera(spec: str | int | Path, width: int = 640, height: int = 480, fps
 def list_cameras(max_index: int = 5) -> list[int]:
     """Indices in [0, max_index) where a camera opens and delivers a frame."""
     found = []
-    level = cv2.utils.logging.getLogLevel()
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # absent indices are expected, not warnings
-    try:
+    with _quiet_opencv():
         for index in range(max_index):
             cap = cv2.VideoCapture(index)
             try:
@@ -142,6 +167,4 @@ def list_cameras(max_index: int = 5) -> list[int]:
                     found.append(index)
             finally:
                 cap.release()
-    finally:
-        cv2.utils.logging.setLogLevel(level)
     return found

@@ -560,7 +560,7 @@ def run_headless(
     from realtime.camera import CameraSource
     from realtime.record import Recorder
     from realtime.vcam import VirtualCamSink, VirtualCameraUnavailable
-    from render.outputs import refuse_overlap
+    from render.outputs import plural, refuse_overlap
 
     if frames is not None and frames < 1:
         raise ValueError(f"--frames must be 1 or more, got {frames}")
@@ -569,8 +569,9 @@ def run_headless(
         camera.probe()
     say = report or (lambda line: print(line, file=sys.stderr, flush=True))
     sinks: list[Sink] = []
-    if record is not None:
-        sinks.append(Recorder(record, fps=camera.fps, overwrite=overwrite))
+    recorder = None if record is None else Recorder(record, fps=camera.fps, overwrite=overwrite)
+    if recorder is not None:
+        sinks.append(recorder)
     if virtual_cam:
         try:
             sinks.append(VirtualCamSink(fps=camera.fps, backend=vcam_backend))
@@ -606,4 +607,6 @@ def run_headless(
     finally:
         loop.stop()
     say_sink_error()  # e.g. the recording could not be finished
+    if recorder is not None and recorder.saved:
+        say(f"saved {plural(recorder.frames, 'frame')} to {recorder.path}")
     return loop.stats()

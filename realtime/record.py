@@ -24,6 +24,7 @@ class Recorder:
         self.frames = 0  # written
         self.start_ts: float | None = None
         self._clock = 0  # frames the recording's duration stands for (more than written after a capped gap)
+        self.saved = False  # the video is complete under its name
 
     def send(self, frame: LiveFrame) -> None:
         output = frame.result.output
@@ -42,4 +43,7 @@ class Recorder:
         self._clock = max(self._clock + copies, due)
 
     def close(self) -> None:
+        """Finish the video and rename it into place (render/outputs.py); until then it has a temporary name, so a
+        killed app leaves no truncated file under the recording's name."""
         self.video.close()
+        self.saved = self.frames > 0

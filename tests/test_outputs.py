@@ -101,7 +101,7 @@ def test_bad_names_and_failed_encodes_get_one_line_errors(tmp_path: Path) -> Non
     folder.mkdir()
     video = VideoFile(folder / "out.mp4", 25)
     folder.rmdir()  # the folder went away between choosing the file and the first frame
-    with pytest.raises(RecordError, match=r"writing .*gone/out\.mp4 failed \(.*No such file or directory\); check the disk"):
+    with pytest.raises(RecordError, match=r"writing .*gone/out\.mp4 failed after 0 frames \(No such file or directory\); out\.mp4 was not created - check the disk"):
         for frame in frames_of(3, 480, 640):
             video.write(frame)
         video.close()
@@ -115,7 +115,7 @@ def test_an_encoder_that_dies_mid_recording_is_a_record_error(tmp_path: Path) ->
     video.write(frames[0])
     video.process.kill()
     video.process.wait()
-    with pytest.raises(RecordError, match=r"live\.mp4 failed \(ffmpeg exit -9\); check the disk has space"):
+    with pytest.raises(RecordError, match=r"live\.mp4 failed after 1 frame \(ffmpeg exit -9\); live\.mp4 was not created - check the disk has space"):
         video.write(frames[1])
     video.close()  # already finished: nothing left to do
 
