@@ -3,6 +3,7 @@ conversion, a 2 sources x 3 driving frames run on the reduced fake models checke
 package imported the way ComfyUI loads a custom-node folder."""
 from __future__ import annotations
 
+import inspect
 import json
 import subprocess
 import sys
@@ -26,11 +27,11 @@ from comfyui_liveportrait_rt.nodes import (
     uint8_to_image_batch,
 )
 from engines.select import BackendUnavailable, probe_ort_providers
-from core.images import ImageInputError, load_image
+from core.images import ImageInputError
 from core.images import SourceError
 from engines.layout import ModelsMissingError
 from core.options import ProcessOptions
-from render.offline import open_video, process
+from render.offline import process
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "comfyui_liveportrait_rt"
@@ -86,8 +87,10 @@ def test_node_outputs_category_and_mappings() -> None:
         "LivePortraitProcess": LivePortraitProcess,
     }
     assert set(NODE_DISPLAY_NAME_MAPPINGS) == set(NODE_CLASS_MAPPINGS)
-    for cls in NODE_CLASS_MAPPINGS.values():
-        assert callable(getattr(cls(), cls.FUNCTION))
+    for cls in NODE_CLASS_MAPPINGS.values():  # ComfyUI calls FUNCTION with every input as a keyword argument
+        inputs = cls.INPUT_TYPES()
+        names = [*inputs["required"], *inputs.get("optional", {})]
+        inspect.signature(getattr(cls(), cls.FUNCTION)).bind(**dict.fromkeys(names))
 
 
 @pytest.mark.parametrize("name", [n for n, f in PROCESS_INPUTS.items() if f[0] in ("INT", "FLOAT")])
@@ -173,43 +176,83 @@ def test_a_pipeline_from_another_node_pack_is_refused() -> None:
         LivePortraitProcess().process({}, torch.zeros(1, 64, 64, 3), torch.zeros(1, 64, 64, 3))
 
 
+#: widget values the node is run with: none is the default, so a node that ignored its widgets would differ
+WIDGETS = {
+    "dsize": 512, "scale": 2.5, "vx_ratio": 0.02, "vy_ratio": -0.1, "lip_zero": False, "eye_retargeting": True,
+    "eyes_retargeting_multiplier": 1.5, "lip_retargeting": False, "lip_retargeting_multiplier": 1.0,
+    "stitching": False, "relative": True,
+}
+
+
+def fake_comfy(monkeypatch: pytest.MonkeyPatch) -> tuple[list[tuple[int, int]], dict[str, bool]]:
+    """ComfyUI's progress bar and cancel check as modules; returns (progress updates seen, {"now": cancel})."""
+    updates: list[tuple[int, int]] = []
+    cancelled = {"now": False}
+
+    class ProgressBar:
+        def __init__(self, total: int) -> None:
+            self.total = total
+
+        def update_absolute(self, value: int, total: int) -> None:
+            updates.append((value, total))
+
+    def check() -> None:
+        if cancelled["now"]:
+            raise Interrupted("processing interrupted")
+
+    comfy = types.ModuleType("comfy")
+    comfy.utils = types.SimpleNamespace(ProgressBar=ProgressBar)
+    comfy.model_management = types.SimpleNamespace(throw_exception_if_processing_interrupted=check)
+    monkeypatch.setitem(sys.modules, "comfy", comfy)
+    monkeypatch.setitem(sys.modules, "comfy.utils", comfy.utils)
+    monkeypatch.setitem(sys.modules, "comfy.model_management", comfy.model_management)
+    return updates, cancelled
+
+
+class Interrupted(Exception):
+    """What ComfyUI's cancel check raises."""
+
+
 @pytest.fixture(scope="module")
-def batch_run(reduced_models: Path, media_dir: Path) -> dict:
-    """The node on 2 sources x 3 driving frames, as ComfyUI calls it (widget defaults), plus process() itself."""
-    first = load_image(media_dir / "portraits" / "s0.jpg")
-    other = load_image(media_dir / "portraits" / "s5.jpg")
+def batch_run(reduced_models: Path, load_portrait, first_frames) -> dict:
+    """The node on 2 sources x 3 driving frames, as ComfyUI calls it (non-default widgets, ComfyUI's progress bar
+    present), plus process() itself on the second source with the same options."""
+    first, other = load_portrait("s0.jpg"), load_portrait("s5.jpg")
     second = cv2.resize(other, first.shape[1::-1], interpolation=cv2.INTER_AREA)
-    frames = open_video(media_dir / "driving" / "d10.mp4").frames()
-    driving = np.stack([next(frames) for _ in range(3)])
+    driving = np.stack(first_frames[:3])
     sources = np.stack([first, second])
     required = LivePortraitProcess.INPUT_TYPES()["required"]
-    widgets = {name: spec[1]["default"] for name, spec in required.items() if len(spec) > 1}
+    assert set(WIDGETS) == {name for name, spec in required.items() if len(spec) > 1}
     (pipe,) = LivePortraitRTLoader().load(str(reduced_models), "onnx_device")
-    node = LivePortraitProcess()
-    crops, fulls = node.process(pipe, uint8_to_image_batch(sources), uint8_to_image_batch(driving), **widgets)
-    reference = process(sources, driving, ProcessOptions(), pipe.animator("CPU"))
-    return {"pipe": pipe, "sources": sources, "crops": crops, "fulls": fulls, "reference": reference}
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        updates, _ = fake_comfy(monkeypatch)
+        crops, fulls = LivePortraitProcess().process(
+            pipe, uint8_to_image_batch(sources), uint8_to_image_batch(driving), **WIDGETS
+        )
+    reference = process(sources[1:], driving, ProcessOptions(**WIDGETS), pipe.animator("CPU"))
+    return {"pipe": pipe, "sources": sources, "crops": crops, "fulls": fulls, "reference": reference,
+            "updates": updates}
 
 
 def test_two_sources_times_three_frames_give_six_frames_in_range(batch_run: dict) -> None:
     crops, fulls = batch_run["crops"], batch_run["fulls"]
     h, w = batch_run["sources"].shape[1:3]
-    assert isinstance(crops, torch.Tensor) and isinstance(fulls, torch.Tensor)
     assert tuple(crops.shape) == (6, 512, 512, 3) and tuple(fulls.shape) == (6, h, w, 3)
     for images in (crops, fulls):
         assert images.dtype == torch.float32 and float(images.min()) >= 0.0 and float(images.max()) <= 1.0
         assert float(images.std()) > 0.05  # real pictures, not a blank batch
+    assert batch_run["updates"] == [(i, 6) for i in range(1, 7)]  # ComfyUI's progress bar moved with every frame
 
 
 def test_node_frames_are_exactly_what_process_gives(batch_run: dict) -> None:
     ref_crops, ref_fulls = batch_run["reference"]
-    assert ref_crops.shape == (6, 512, 512, 3)
-    for i in range(6):
-        np.testing.assert_array_equal(image_batch_to_uint8(batch_run["crops"][i : i + 1], "crop")[0], ref_crops[i])
-        np.testing.assert_array_equal(image_batch_to_uint8(batch_run["fulls"][i : i + 1], "full")[0], ref_fulls[i])
+    assert ref_crops.shape == (3, 512, 512, 3)
+    crops, fulls = (image_batch_to_uint8(batch_run[key], key) for key in ("crops", "fulls"))
+    np.testing.assert_array_equal(crops[3:], ref_crops)  # the widgets' options, not the defaults
+    np.testing.assert_array_equal(fulls[3:], ref_fulls)
     # sources one after another: the two portraits' frames differ, each source's first frame is its own
-    assert not np.array_equal(ref_crops[0], ref_crops[3])
-    first, second = (np.abs(ref_fulls[3].astype(int) - source).mean() for source in batch_run["sources"])
+    assert not np.array_equal(crops[0], crops[3])
+    first, second = (np.abs(fulls[3].astype(int) - source).mean() for source in batch_run["sources"])
     assert second < first
 
 
@@ -275,32 +318,7 @@ def test_package_imports_the_way_comfyui_loads_custom_nodes(tmp_path: Path, how:
 
 def test_inside_comfyui_progress_is_reported_and_cancel_stops_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
     """With ComfyUI's modules present, each frame moves its progress bar and checks its cancel button."""
-    import types
-
-    updates: list[tuple[int, int]] = []
-    cancelled = {"now": False}
-
-    class ProgressBar:
-        def __init__(self, total: int) -> None:
-            self.total = total
-
-        def update_absolute(self, value: int, total: int) -> None:
-            updates.append((value, total))
-
-    class Interrupted(Exception):
-        pass
-
-    def check() -> None:
-        if cancelled["now"]:
-            raise Interrupted("processing interrupted")
-
-    comfy = types.ModuleType("comfy")
-    comfy.utils = types.SimpleNamespace(ProgressBar=ProgressBar)
-    comfy.model_management = types.SimpleNamespace(throw_exception_if_processing_interrupted=check)
-    monkeypatch.setitem(sys.modules, "comfy", comfy)
-    monkeypatch.setitem(sys.modules, "comfy.utils", comfy.utils)
-    monkeypatch.setitem(sys.modules, "comfy.model_management", comfy.model_management)
-
+    updates, cancelled = fake_comfy(monkeypatch)
     on_frame = nodes.comfy_progress()
     on_frame(1, 6)
     on_frame(2, 6)
