@@ -70,9 +70,9 @@ class StageTimer(threading.local):
 class Networks:
     """The seven LivePortrait networks of a models folder, opened once with one backend."""
 
-    def __init__(self, models_dir: Path, backend: str = "cpu", precision: str = "fp16") -> None:
+    def __init__(self, models_dir: Path, backend: str = "cpu", precision: str = "fp16", cuda_graph: bool = False) -> None:
         paths = {name: Path(models_dir) / file for name, file in NETWORK_ONNX.items()}
-        self.runners = open_runners(paths, backend, precision)
+        self.runners = open_runners(paths, backend, precision, cuda_graph)
         self.backend = self.runners["warping_module"].backend
 
     def features(self, img_256: np.ndarray) -> np.ndarray:
@@ -119,20 +119,21 @@ def _limit_transform(shape: tuple[int, ...], limited_shape: tuple[int, ...]) -> 
 class Animator:
     """Runs the method on one backend: prepare a source, read motion from driving frames, animate, paste back."""
 
-    def __init__(self, models_dir: Path, backend: str = "cpu", precision: str = "fp16") -> None:
-        """Open every model; `precision` (fp16/fp32) matters for TensorRT only. If anything fails, whatever was
-        already open is closed again (a failed switch of backend must not keep GPU memory)."""
+    def __init__(self, models_dir: Path, backend: str = "cpu", precision: str = "fp16", cuda_graph: bool = False) -> None:
+        """Open every model; `precision` (fp16/fp32) and `cuda_graph` (replay engine launches from captured CUDA
+        graphs; off until measured on a GPU) matter for TensorRT only. If anything fails, whatever was already open
+        is closed again (a failed switch of backend must not keep GPU memory)."""
         self.timer = StageTimer()
         self.renderer: DeviceRenderer | None = None
         with ExitStack() as opened:
-            self.nets = Networks(models_dir, backend, precision)
+            self.nets = Networks(models_dir, backend, precision, cuda_graph)
             opened.callback(self.nets.close)
             self.faces = FaceModels(models_dir, backend)
             opened.callback(self.faces.close)
             if self.backend == "tensorrt":  # warp -> decode -> paste-back stay on the GPU (needs onnx: imported here)
                 from core.device_render import DeviceRenderer
 
-                self.renderer = DeviceRenderer.for_tensorrt(self.nets.runners, Path(models_dir))
+                self.renderer = DeviceRenderer.for_tensorrt(self.nets.runners, Path(models_dir), cuda_graph)
             opened.pop_all()  # all open: the Animator owns them now
 
     @property
@@ -157,6 +158,8 @@ class Animator:
         lip_close = lip_zero_delta(x_s, c_s_lip, self.nets.mlp("lip"), ProcessOptions())
         to_original = _limit_transform(image.shape, limited.shape)
         M_c2o = (to_original @ crop.M_c2o).astype(np.float32)
+        if self.renderer is not None:  # its paste-back engine is built now, not under the first animated frame
+            self.renderer.prepare(image.shape[:2])
         return SourcePortrait(
             image=image,
             crop=crop,

@@ -13,14 +13,15 @@ path are checked against the CPU path on machines without a GPU.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol
 
 import numpy as np
 
-from engines import open_runner
 from engines.trt import CudaError, CudaRuntime, DeviceArray, gpu_memory_error
 from engines.image_ops import CROP_SIZE, PASTE_CROP_SIZE, theta_for, write_image_op
+from engines.trt_build import ensure_engine, open_trt_runner
 from engines.trt_cache import default_engine_dir
 from core.paste import output_to_original
 
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
 
 #: where the image-op graphs are written, inside the models folder (their engines go to the usual cache)
 IMAGE_OPS_DIR = "image_ops"
+
+log = logging.getLogger(__name__)
 
 
 class Queued(Protocol):
@@ -78,7 +81,9 @@ class DeviceRenderer:
 
     `runners` holds the warping_module, spade_generator and motion_extractor runners; `open_op` opens an
     image-op graph (written on demand to `ops_dir`, one per image size). One paste graph and one crop graph are
-    kept open at a time: a new source or camera size replaces them.
+    kept open at a time: a new source or camera size replaces them. `build_op`, when given, makes a graph's
+    engine without opening it: `prepare` uses it so a portrait's paste-back engine is built while the portrait is
+    prepared, not under the first frame that shows it.
     """
 
     def __init__(
@@ -89,11 +94,14 @@ class DeviceRenderer:
         uploads: Uploads,
         stream: Any = None,
         motion_stream: Any = None,
+        *,
+        build_op: Callable[[Path], Any] | None = None,
     ) -> None:
         self.warp = runners["warping_module"]
         self.decode = runners["spade_generator"]
         self.motion_net = runners["motion_extractor"]
         self.open_op = open_op
+        self.build_op = build_op
         self.ops_dir = Path(ops_dir)
         self.uploads = uploads
         self.stream = stream
@@ -105,15 +113,26 @@ class DeviceRenderer:
         self._constants: dict[str, Any] = {}
 
     @classmethod
-    def for_tensorrt(cls, runners: Mapping[str, Any], models_dir: Path) -> "DeviceRenderer":
-        """The renderer over Networks' TrtRunners: image ops are FP32 engines in the models' engine cache."""
+    def for_tensorrt(cls, runners: Mapping[str, Any], models_dir: Path, cuda_graph: bool = False) -> "DeviceRenderer":
+        """The renderer over Networks' TrtRunners: image ops are FP32 engines in the models' engine cache (FP32:
+        the blend and truncation must agree with the CPU to the level), built at trt_build.IMAGE_OP_LEVEL. A build
+        is a warning the user sees: on a new camera size it happens on the tracking thread, and the picture waits."""
         engine_dir = default_engine_dir(Path(models_dir))
 
-        def open_op(path: Path) -> Any:  # FP32: the blend and truncation must agree with the CPU to the level
-            return open_runner(path, "tensorrt", precision="fp32", engine_dir=engine_dir)
+        def open_op(path: Path) -> Any:
+            return open_trt_runner(path, engine_dir, "fp32", log.info, announce=log.warning, cuda_graph=cuda_graph)
+
+        def build_op(path: Path) -> Path:
+            return ensure_engine(path, engine_dir, "fp32", log.info, announce=log.warning)
 
         streams = runners["warping_module"].stream, runners["motion_extractor"].stream
-        return cls(runners, open_op, Path(models_dir) / IMAGE_OPS_DIR, CudaUploads(CudaRuntime()), *streams)
+        ops_dir = Path(models_dir) / IMAGE_OPS_DIR
+        return cls(runners, open_op, ops_dir, CudaUploads(CudaRuntime()), *streams, build_op=build_op)
+
+    def prepare(self, hw: tuple[int, int]) -> None:
+        """Have the paste-back engine for pictures of hw pixels ready (built if need be) before a frame needs it."""
+        if self.build_op is not None:
+            self.build_op(write_image_op(self.ops_dir, "paste", *hw))
 
     def _op(self, kind: str, hw: tuple[int, int]) -> Queued:
         """The open crop or paste graph for images of size hw, replacing one for another size."""

@@ -11,11 +11,14 @@ from engines.select import BACKENDS, BackendChoice, BackendUnavailable, choose_b
 log = logging.getLogger(__name__)
 
 
-def open_runner(path: Path, backend: str = "cpu", *, precision: str = "fp16", engine_dir: Path | None = None) -> Runner:
+def open_runner(
+    path: Path, backend: str = "cpu", *, precision: str = "fp16", engine_dir: Path | None = None, cuda_graph: bool = False
+) -> Runner:
     """Open one model (an .onnx file of the models folder) with the named backend.
 
     "cpu" and "cuda" run the ONNX file with ONNX Runtime; "tensorrt" runs its cached engine (built first when
     missing or stale, in `engine_dir`, by default <models>/engines); "auto" takes the first of those that works.
+    `cuda_graph` (TensorRT only) replays each engine launch from a captured CUDA graph.
     """
     path = Path(path)
     if backend not in BACKENDS:
@@ -28,7 +31,8 @@ def open_runner(path: Path, backend: str = "cpu", *, precision: str = "fp16", en
         from engines.trt_build import open_trt_runner
         from engines.trt_cache import default_engine_dir
 
-        runner: Runner = open_trt_runner(path, engine_dir or default_engine_dir(path.parent), precision, log.info)
+        cache = engine_dir or default_engine_dir(path.parent)
+        runner: Runner = open_trt_runner(path, cache, precision, log.info, cuda_graph=cuda_graph)
     else:
         from engines.ort import OrtRunner
 
@@ -37,13 +41,15 @@ def open_runner(path: Path, backend: str = "cpu", *, precision: str = "fp16", en
     return runner
 
 
-def open_runners(paths: Mapping[str, Path], backend: str = "cpu", precision: str = "fp16") -> dict[str, Runner]:
+def open_runners(
+    paths: Mapping[str, Path], backend: str = "cpu", precision: str = "fp16", cuda_graph: bool = False
+) -> dict[str, Runner]:
     """Open several models at once; when one fails, the ones already open are closed (GPU memory is not leaked
     by a failed switch of backend) before the error goes on."""
     runners: dict[str, Runner] = {}
     try:
         for name, path in paths.items():
-            runners[name] = open_runner(path, backend, precision=precision)
+            runners[name] = open_runner(path, backend, precision=precision, cuda_graph=cuda_graph)
     except BaseException:
         for runner in runners.values():
             runner.close()

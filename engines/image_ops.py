@@ -11,6 +11,7 @@ there is one file (and one engine) per image size; the size is in the file name.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,13 @@ OPSET = 20
 CROP_SIZE = 256
 #: side of the generator output the paste graph takes
 PASTE_CROP_SIZE = 512
+#: the model name (file stem) of every image-op graph: its kind and image size
+_OP_NAME = re.compile(r"(crop|paste)_\d+x\d+")
+
+
+def is_image_op(model: str) -> bool:
+    """Whether a model name (file stem) is one of the image-op graphs `write_image_op` writes."""
+    return _OP_NAME.fullmatch(model) is not None
 
 
 def pixel_to_normalised(h: int, w: int) -> np.ndarray:

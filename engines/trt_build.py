@@ -20,6 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from engines.base import ModelLoadError
 from engines.trt import GpuInfo, NoGpuError, StaleEngineError, TrtRunner, find_gpu, import_tensorrt, trt_logger
+from engines.image_ops import is_image_op
 from engines.layout import MODEL_FILES
 from engines.trt_cache import (
     EngineKey,
@@ -40,7 +41,12 @@ FP32_MODELS = frozenset({"motion_extractor", "stitching", "lip", "eye", "landmar
 
 #: version of how an engine is made from its ONNX file (mixed_fp16, fp32_nodes, FP32_MODELS, the builder
 #: config): part of every engine's cache key, so BUMP IT whenever one of those changes and engines get rebuilt
-RECIPE = 2
+RECIPE = 3
+
+#: TensorRT builder optimisation level of the image-op engines (crop, paste-back; TensorRT's default is 3): these
+#: tiny graphs are built whenever a new portrait or camera size shows up, while the picture waits, so a build of
+#: seconds matters more than the last microsecond of a sampling op
+IMAGE_OP_LEVEL = 0
 
 #: ops that stop the walk back from a grid: they are the expensive layers FP16 is for
 _HEAVY_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
@@ -50,8 +56,8 @@ _CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
 
 Log = Callable[[str], None]
 
-#: one engine build at a time in a process: builds share the timing cache file and the TensorRT logger's error
-#: list, and the window's model loading can overlap a render thread building an image-op engine
+#: one engine build at a time in a process: builds share the timing cache file, and the window's model loading can
+#: overlap a render thread building an image-op engine
 _BUILD_LOCK = threading.Lock()
 
 
@@ -277,12 +283,21 @@ def _progress_monitor(trt: Any, label: str) -> Any:
     return Monitor()
 
 
-def builder_config(trt: Any, builder: Any, precision: str) -> Any:
+def optimization_level(model: str) -> int | None:
+    """The builder optimisation level of a model's engine: IMAGE_OP_LEVEL for the image ops, None (TensorRT's
+    default) for the networks, whose build is once per GPU and whose speed is the frame rate."""
+    return IMAGE_OP_LEVEL if is_image_op(model) else None
+
+
+def builder_config(trt: Any, builder: Any, precision: str, level: int | None = None) -> Any:
     """The build settings. TensorRT lets FLOAT convolutions and matmuls round their inputs to TF32 (a 10-bit
-    mantissa, as coarse as FP16's) unless told not to: an FP32 engine, chosen for precision, must not."""
+    mantissa, as coarse as FP16's) unless told not to: an FP32 engine, chosen for precision, must not. `level` is
+    the builder optimisation level (None: TensorRT's default)."""
     config = builder.create_builder_config()
     if precision == "fp32":
         config.clear_flag(trt.BuilderFlag.TF32)
+    if level is not None:
+        config.builder_optimization_level = level
     return config
 
 
@@ -293,7 +308,7 @@ def build_plan(trt: Any, onnx_path: Path, precision: str, timing_cache: Path | N
     # the network points into memory the parser owns (its weights): the parser must outlive the build
     builder, network, parser = parse_onnx(trt, _model_bytes(onnx_path, precision), onnx_path.name)
     check_static(network, model)
-    config = builder_config(trt, builder, precision)
+    config = builder_config(trt, builder, precision, optimization_level(model))
     _timing_cache(config, timing_cache)
     monitor = _progress_monitor(trt, model) if progress else None  # kept alive for the whole build
     if monitor is not None:
@@ -323,9 +338,17 @@ def _environment(trt: Any | None, gpu: GpuInfo | None) -> tuple[Any, GpuInfo]:
 
 
 def ensure_engine(
-    onnx_path: Path, cache_dir: Path, precision: str = "fp16", log: Log = print, *, trt: Any = None, gpu: GpuInfo | None = None
+    onnx_path: Path,
+    cache_dir: Path,
+    precision: str = "fp16",
+    log: Log = print,
+    *,
+    trt: Any = None,
+    gpu: GpuInfo | None = None,
+    announce: Log | None = None,
 ) -> Path:
-    """The cached engine for this ONNX file on this GPU and TensorRT, built first if missing or stale."""
+    """The cached engine for this ONNX file on this GPU and TensorRT, built first if missing or stale. The line
+    saying a build starts goes to `announce` when given (a build the user must be told of), else to `log`."""
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise TrtBuildError(f"{onnx_path} is missing; run `python -m export onnx` first")
@@ -339,7 +362,8 @@ def ensure_engine(
         if reason is None:
             log(f"{model}: {chosen} engine up to date ({engine})")
             return engine
-        log(f"{model}: building the {chosen} engine ({reason}); this takes a while, once per GPU")
+        when = "a few seconds, once per image size" if is_image_op(model) else "this takes a while, once per GPU"
+        (announce or log)(f"{model}: building the {chosen} engine ({reason}); {when}")
         start = time.perf_counter()
         plan = build_plan(trt, onnx_path, chosen, engine.parent / "timing.cache")
         store_engine(engine, key, plan)
@@ -369,16 +393,18 @@ def open_trt_runner(
     *,
     trt: Any = None,
     gpu: GpuInfo | None = None,
+    announce: Log | None = None,
     **runner_options: Any,
 ) -> TrtRunner:
-    """A TrtRunner on the cached engine; an engine TensorRT cannot deserialise is reported, dropped and rebuilt."""
+    """A TrtRunner on the cached engine; an engine TensorRT cannot deserialise is reported, dropped and rebuilt.
+    `announce` is ensure_engine's; `runner_options` go to TrtRunner (cuda=, stream=, cuda_graph=)."""
     trt, gpu = _environment(trt, gpu)
-    engine = ensure_engine(onnx_path, cache_dir, precision, log, trt=trt, gpu=gpu)
+    engine = ensure_engine(onnx_path, cache_dir, precision, log, trt=trt, gpu=gpu, announce=announce)
     try:
         return TrtRunner(engine, trt=trt, **runner_options)
     except StaleEngineError as exc:
         log(f"{exc}; rebuilding it")
         forget_engine(engine)
-        engine = ensure_engine(onnx_path, cache_dir, precision, log, trt=trt, gpu=gpu)
+        engine = ensure_engine(onnx_path, cache_dir, precision, log, trt=trt, gpu=gpu, announce=announce)
         return TrtRunner(engine, trt=trt, **runner_options)
 

@@ -250,3 +250,70 @@ def test_tensorrt_animator_matches_the_cpu_animator(
             assert gpu_image.shape == cpu_image.shape and diff.max() <= 3 and diff.mean() < 0.5
     finally:
         gpu_animator.close()
+
+
+def test_prepare_builds_the_paste_engine_before_the_first_frame_and_opens_nothing(tmp_path: Path) -> None:
+    runners = {
+        "warping_module": HostQueued(lambda feeds: {"out": feeds["feature_3d"]}),
+        "spade_generator": HostQueued(lambda feeds: {"image": np.zeros((1, 3, 512, 512), np.float32)}),
+        "motion_extractor": HostQueued(lambda feeds: {}),
+    }
+    opened: list[HostQueued] = []
+    built: list[Path] = []
+    renderer = DeviceRenderer(runners, ort_ops(opened), tmp_path, HostUploads(), build_op=built.append)
+    renderer.prepare((40, 60))
+    assert built == [tmp_path / "paste_40x60.onnx"] and built[0].is_file() and opened == []
+    renderer.render(fake_source(40, 60, 0), np.zeros((21, 3)))
+    assert [op.name for op in opened] == ["paste_40x60.onnx"] and len(built) == 1  # the frame only opens it
+    renderer.close()
+
+
+def test_prepare_source_has_the_renderer_prepare_the_portrait_size(animator: Animator, portrait: np.ndarray) -> None:
+    sizes: list[tuple[int, int]] = []
+    animator.renderer = SimpleNamespace(prepare=sizes.append)
+    try:
+        animator.prepare_source(portrait, ProcessOptions())
+    finally:
+        animator.renderer = None
+    assert sizes == [portrait.shape[:2]]
+
+
+def test_the_cuda_graph_option_reaches_the_tensorrt_runners_and_is_off_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Animator(cuda_graph=...) down to every network engine and image op; image ops are FP32 and their builds are
+    announced as warnings (the picture waits for them)."""
+    from core import animator as animator_module, device_render
+    from engines import trt_build
+    from engines.layout import NETWORK_ONNX
+
+    opened: list[tuple[str, str, Any]] = []
+    built: list[tuple[str, str, Any]] = []
+
+    def fake_open(path: Path, cache: Path, precision: str, log: Any, **options: Any) -> SimpleNamespace:
+        opened.append((Path(path).stem, precision, options.get("cuda_graph")))
+        assert options.get("announce", device_render.log.warning) == device_render.log.warning
+        return SimpleNamespace(backend="tensorrt", stream=len(opened), close=lambda: None,
+                               enqueue=lambda feeds, stream=None: {"crop": "on the device"})
+
+    def fake_build(path: Path, cache: Path, precision: str, log: Any, *, announce: Any) -> Path:
+        built.append((path.name, precision, announce))
+        return path
+
+    monkeypatch.setattr(trt_build, "open_trt_runner", fake_open)
+    monkeypatch.setattr(device_render, "open_trt_runner", fake_open)
+    monkeypatch.setattr(device_render, "ensure_engine", fake_build)
+    monkeypatch.setattr(animator_module, "FaceModels", lambda *args: SimpleNamespace(close=lambda: None, runners=[]))
+    for option in (None, True):
+        opened.clear()
+        made = Animator(tmp_path, "tensorrt") if option is None else Animator(tmp_path, "tensorrt", cuda_graph=option)
+        try:
+            assert made.renderer.crop_on_device(np.zeros((20, 30, 3), np.uint8), np.eye(3)[:2]) == "on the device"
+            made.renderer.prepare((40, 60))
+        finally:
+            made.close()
+        graphed = {stem: (precision, graph) for stem, precision, graph in opened}
+        expected = bool(option)
+        assert {graphed[Path(file).stem][1] for file in NETWORK_ONNX.values()} == {expected}
+        assert graphed["crop_20x30"] == ("fp32", expected)
+    assert built == [("paste_40x60.onnx", "fp32", device_render.log.warning)] * 2

@@ -357,3 +357,64 @@ def test_build_engines_on_a_folder_without_models_says_what_to_run(tmp_path: Pat
     assert str(caught.value) == (
         f"{tmp_path} holds none of the model files; run `python -m export onnx --out {tmp_path}` first"
     )
+
+
+def test_image_op_engines_are_built_at_a_low_optimisation_level_and_announced(
+    rtx, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Crop/paste engines are built whenever a new image size shows up, so at IMAGE_OP_LEVEL (TensorRT's default is
+    3) and with the build line sent to `announce` (the renderer makes it a warning); networks keep the default."""
+    from engines.image_ops import write_image_op
+
+    assert trt_build.IMAGE_OP_LEVEL <= 1
+    levels: dict[str, int] = {}
+    config_of = trt_build.builder_config
+
+    def spy(trt, builder, precision, level=None):
+        config = config_of(trt, builder, precision, level)
+        levels[precision + (" op" if level is not None else "")] = config.builder_optimization_level
+        return config
+
+    monkeypatch.setattr(trt_build, "builder_config", spy)
+    crop = write_image_op(tmp_path / "image_ops", "crop", 24, 32)
+    log, announced = [], []
+    engine = ensure_engine(crop, tmp_path / "engines", "fp32", log.append, trt=rtx, gpu=GPU, announce=announced.append)
+    assert engine.stat().st_size > 0 and levels == {"fp32 op": trt_build.IMAGE_OP_LEVEL}
+    assert announced == ["crop_24x32: building the fp32 engine (no engine yet); a few seconds, once per image size"]
+    assert not any("building" in line for line in log)
+    ensure_engine(crop, tmp_path / "engines", "fp32", log.append, trt=rtx, gpu=GPU, announce=announced.append)
+    assert len(announced) == 1  # cached: nothing to announce
+    levels.clear()
+    ensure_engine(save(warp_like(), tmp_path / "warping_module.onnx"), tmp_path / "engines", "fp32", log.append, trt=rtx, gpu=GPU)
+    assert levels == {"fp32": 3}  # TensorRT's default, untouched
+    assert trt_build.optimization_level("paste_1080x1920") == trt_build.IMAGE_OP_LEVEL
+    assert trt_build.optimization_level("spade_generator") is None and trt_build.optimization_level("crop_1x") is None
+
+
+def test_a_failed_build_gives_its_own_error_not_another_threads(rtx, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """TensorRT logs an error on another thread (a stale engine failing to deserialise) after the build's own: the
+    build's message still names its own error."""
+    import threading
+
+    class Builder:
+        def __init__(self, logger) -> None:
+            self.logger, self.real = logger, rtx.Builder(logger)
+
+        def __getattr__(self, name: str):
+            return getattr(self.real, name)
+
+        def build_serialized_network(self, network, config):
+            self.logger.log(rtx.ILogger.ERROR, "Error Code 10: could not find any implementation for node grid")
+            other = threading.Thread(target=self.logger.log, args=(rtx.ILogger.ERROR, "Serialization assertion failed"))
+            other.start()
+            other.join()
+            return None
+
+    trt = SimpleNamespace(**{k: getattr(rtx, k) for k in dir(rtx) if not k.startswith("_")})
+    trt.Builder = Builder
+    with pytest.raises(TrtBuildError) as caught:
+        build_plan(trt, save(warp_like(), tmp_path / "warping_module.onnx"), "fp32", progress=False)
+    assert str(caught.value) == (
+        "warping_module: TensorRT failed to build the engine (Error Code 10: could not find any implementation for "
+        "node grid); try --fp32 or a newer TensorRT"
+    )
