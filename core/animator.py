@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
@@ -18,13 +18,20 @@ from core.crop import CropInfo, box_o2c, crop_box, crop_source, transform_pts
 from core.face import FaceModels, eye_ratio, lip_ratio
 from core.images import SourceError, limit_size
 from core.motion import (
+    Composed,
+    ExpressionFriendly,
     KpInfo,
     Motion,
-    absolute_motion,
+    absolute_parts,
+    apply_edit,
     compose_driving_kp,
+    edited_kp,
     kp_info_from_outputs,
     lip_zero_delta,
-    relative_motion,
+    ratio_deltas,
+    relative_parts,
+    transform_kp,
+    with_multiplier,
 )
 from core.options import ProcessOptions
 from core.paste import paste_back, prepare_paste_mask
@@ -193,24 +200,74 @@ class Animator:
             info = kp_info_from_outputs(self.renderer.motion(frame, box_o2c(box, NET_SIZE)))
         return Motion.from_kp_info(info, eye_ratio(lmk203), lip_ratio(lmk203))
 
-    def keypoints(self, src: SourcePortrait, drv: Motion, ref: Motion, options: ProcessOptions) -> np.ndarray:
-        """x_d': motion transfer (relative to `ref`, or absolute), then stitching / retargeting (Algorithm 1)."""
+    def composed_kp(self, src: SourcePortrait, drv: Motion, ref: Motion, options: ProcessOptions) -> np.ndarray:
+        """x_d before stitching and retargeting: motion transfer (relative to `ref`, or absolute) without the edit,
+        what the official expression-friendly rule measures its first frame on."""
+        return transform_kp(src.info.kp, *self._parts(src, drv, ref, options))
+
+    @staticmethod
+    def _parts(src: SourcePortrait, drv: Motion, ref: Motion, options: ProcessOptions) -> Composed:
+        region = options.animation_region
+        return relative_parts(src.info, drv, ref, region) if options.relative else absolute_parts(src.info, drv, region)
+
+    def keypoints(
+        self,
+        src: SourcePortrait,
+        drv: Motion,
+        ref: Motion,
+        options: ProcessOptions,
+        friendly: ExpressionFriendly | None = None,
+    ) -> np.ndarray:
+        """x_d': motion transfer (relative to `ref`, or absolute), the edit on top of the composed motion (its
+        target ratios as retargeting deltas), then stitching / retargeting (Algorithm 1). `friendly` applies the
+        official expression-friendly scaling to the driving motion (not to the edit)."""
         with self.timer("stitching/retargeting"):
-            region = options.animation_region
-            x_d = relative_motion(src.info, drv, ref, region) if options.relative else absolute_motion(src.info, drv, region)
-            return compose_driving_kp(
-                src.x_s,
-                x_d,
-                options,
-                stitching_mlp=self.nets.mlp("stitching"),
-                eye_mlp=self.nets.mlp("eye"),
-                lip_mlp=self.nets.mlp("lip"),
-                c_s_eyes=src.c_s_eyes,
-                c_s_lip=src.c_s_lip,
-                c_d_eyes=drv.eye_ratio,
-                c_d_lip=None if drv.lip_ratio is None else float(drv.lip_ratio[0]),
-                lip_delta0=src.lip_close if options.lip_zero and options.relative else None,
-            )
+            parts = self._parts(src, drv, ref, options)
+            x_d = transform_kp(src.info.kp, *apply_edit(src.info, parts, options.edit))
+            if friendly is not None:
+                x_d = friendly.scaled(transform_kp(src.info.kp, *parts), x_d)
+            return self._finish(src, x_d, options, drv)
+
+    def edit_keypoints(self, src: SourcePortrait, options: ProcessOptions) -> np.ndarray:
+        """x_d' of a still edit (no driving input): the official demo's edited keypoints, stitched."""
+        with self.timer("stitching/retargeting"):
+            plain = replace(options, eye_retargeting=False, lip_retargeting=False, lip_zero=False)
+            return self._finish(src, edited_kp(src.info, options.edit), plain, None)
+
+    def _finish(
+        self, src: SourcePortrait, x_d: np.ndarray, options: ProcessOptions, drv: Motion | None,
+        after: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """The edit's target-ratio deltas, then Algorithm 1 (core.motion.compose_driving_kp); `after` (the
+        source-video eye delta) is added after stitching and before the driving multiplier, as officially."""
+        eye_mlp, lip_mlp = self.nets.mlp("eye"), self.nets.mlp("lip")
+        extra = ratio_deltas(src.x_s, src.c_s_eyes, src.c_s_lip, options.edit, eye_mlp, lip_mlp)
+        if extra is not None:
+            x_d = x_d + extra
+        x = compose_driving_kp(
+            src.x_s,
+            x_d,
+            options if after is None else replace(options, driving_multiplier=1.0),
+            stitching_mlp=self.nets.mlp("stitching"),
+            eye_mlp=eye_mlp,
+            lip_mlp=lip_mlp,
+            c_s_eyes=src.c_s_eyes,
+            c_s_lip=src.c_s_lip,
+            c_d_eyes=None if drv is None else drv.eye_ratio,
+            c_d_lip=None if drv is None or drv.lip_ratio is None else float(drv.lip_ratio[0]),
+            lip_delta0=src.lip_close if options.lip_zero and options.relative else None,
+        )
+        return x if after is None else with_multiplier(src.x_s, x + after, options.driving_multiplier)
+
+    def video_keypoints(
+        self, src: SourcePortrait, parts: Composed, drv: Motion, options: ProcessOptions, eye_delta: np.ndarray | None
+    ) -> np.ndarray:
+        """x_d' of one source-video frame from its composed (R, exp, scale, t) (core.motion.video_parts), edited;
+        `eye_delta` is the source-video eye retargeting delta (added only without eye/lip retargeting)."""
+        with self.timer("stitching/retargeting"):
+            x_d = transform_kp(src.info.kp, *apply_edit(src.info, parts, options.edit))
+            retargeting = options.eye_retargeting or options.lip_retargeting
+            return self._finish(src, x_d, options, drv, None if retargeting else eye_delta)
 
     def render(self, src: SourcePortrait, x_d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(animated 512x512 crop, pasted full-size frame) for the driving keypoints x_d'. On TensorRT the frame

@@ -8,21 +8,29 @@ exact stand-ins.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Callable, Mapping
 
 import numpy as np
+from scipy.spatial import ConvexHull
 
+from core.edit import NO_EDIT, Edit, edit_exp
 from core.options import ProcessOptions
 
 K = 21
 #: c_s_lip at or above this means the source mouth is open, and lip_zero closes it (official 0.03)
 LIP_ZERO_THRESHOLD = 0.03
+#: source video: the first frame's mean eye-open ratio below this counts as closed eyes, and source-video eye
+#: retargeting then holds the eyes at SOURCE_EYE_OPEN instead (official 0.18 and 0.39)
+SOURCE_EYE_THRESHOLD, SOURCE_EYE_OPEN = 0.18, 0.39
+#: the official smoother of a source video's composed motion: a Kalman smoother with observation variance 3e-7
+#: (the official `driving_smooth_observation_variance`; larger is smoother) and process variance 1e-5
+SMOOTH_OBSERVATION_VARIANCE, SMOOTH_PROCESS_VARIANCE = 3e-7, 1e-5
 
-#: the official `lip_array` (a 1x21x3 constant): the neutral expression that a single driving IMAGE is measured
-#: against. The spec lists its entries with |v| >= 1e-3; the smaller ones are taken as 0.
-LIP_ARRAY = np.zeros((K, 3), np.float32)
-LIP_ARRAY[7, 1], LIP_ARRAY[14, 1], LIP_ARRAY[17, 1] = 0.0026, -0.0018, -0.0012
-LIP_ARRAY[19, 1], LIP_ARRAY[19, 2], LIP_ARRAY[20, 1], LIP_ARRAY[20, 2] = -0.0151, -0.0025, 0.0056, 0.0027
+#: the official `lip_array` (core/resources/lip_array.npy, all 63 float32 entries; MIT, KwaiVGI): the neutral
+#: expression that a single driving IMAGE is measured against
+LIP_ARRAY = np.load(Path(__file__).resolve().parent / "resources" / "lip_array.npy", allow_pickle=False).reshape(K, 3)
+LIP_ARRAY.setflags(write=False)
 
 #: an MLP as a callable: its one input array (1, n) -> its raw output array (1, m)
 Mlp = Callable[[np.ndarray], np.ndarray]
@@ -164,24 +172,75 @@ def image_reference(drv: Motion) -> Motion:
     return replace(drv, exp=LIP_ARRAY.copy())
 
 
-def relative_motion(src: KpInfo, drv: Motion, ref: Motion, region: str = "all") -> np.ndarray:
-    """x_d: the driving frame's change since the reference frame, applied to the source, for the parts of the
-    face that `region` animates (the rest keep the source's). With drv == ref this gives x_s back in every region
-    (up to rounding of R_ref @ R_ref^T)."""
+#: the composed motion before the keypoint transform: (R, exp, scale, t)
+Composed = tuple[np.ndarray, np.ndarray, float, np.ndarray]
+
+
+def relative_parts(src: KpInfo, drv: Motion, ref: Motion, region: str = "all") -> Composed:
+    """(R, exp, scale, t) of relative motion: the driving frame's change since the reference frame, applied to the
+    source, for the parts of the face that `region` animates (the rest keep the source's)."""
     pose = moves_pose(region)
     R_new = (drv.R @ ref.R.T) @ src.R if pose else src.R
     exp_new = np.where(region_exp_mask(region), src.exp + (drv.exp - ref.exp), src.exp)
     scale_new = src.scale * (drv.scale / ref.scale) if region == "all" else src.scale
     t_new = src.t + (drv.t - ref.t) if pose else src.t
-    return transform_kp(src.kp, R_new, exp_new, scale_new, t_new)
+    return R_new, exp_new, scale_new, t_new
 
 
-def absolute_motion(src: KpInfo, drv: Motion, region: str = "all") -> np.ndarray:
-    """x_d without a reference: driving pose and translation (where `region` moves the pose), source scale, and
-    the driving expression where both ABSOLUTE_EXP_MASK and the region take it (the rest keep the source's)."""
+def absolute_parts(src: KpInfo, drv: Motion, region: str = "all") -> Composed:
+    """(R, exp, scale, t) without a reference: driving pose and translation (where `region` moves the pose),
+    source scale, and the driving expression where both ABSOLUTE_EXP_MASK and the region take it."""
     pose = moves_pose(region)
     exp_new = np.where(ABSOLUTE_EXP_MASK & region_exp_mask(region), drv.exp, src.exp)
-    return transform_kp(src.kp, drv.R if pose else src.R, exp_new, src.scale, drv.t if pose else src.t)
+    return drv.R if pose else src.R, exp_new, src.scale, drv.t if pose else src.t
+
+
+def apply_edit(src: KpInfo, composed: Composed, edit: Edit) -> Composed:
+    """The editing controls on top of composed motion: the head offset rotation (R_edit = R(source angles +
+    offsets) @ R_s^T, as the official demo builds it) applied on top of R, the sheet's additions to exp, and
+    move_z on the scale. An all-default Edit returns `composed` untouched (bit-identical output)."""
+    if edit.is_noop:
+        return composed
+    R, exp, scale, t = composed
+    if edit.turns_head:
+        R_d = rotation(src.pitch + edit.head_pitch, src.yaw + edit.head_yaw, src.roll + edit.head_roll)
+        R = (R_d @ src.R.T) @ R
+    return R, edit_exp(exp, edit), scale * edit.move_z, t
+
+
+def relative_motion(src: KpInfo, drv: Motion, ref: Motion, region: str = "all", edit: Edit = NO_EDIT) -> np.ndarray:
+    """x_d of relative motion (relative_parts), edited. With drv == ref and no edit this gives x_s back in every
+    region (up to rounding of R_ref @ R_ref^T)."""
+    return transform_kp(src.kp, *apply_edit(src, relative_parts(src, drv, ref, region), edit))
+
+
+def absolute_motion(src: KpInfo, drv: Motion, region: str = "all", edit: Edit = NO_EDIT) -> np.ndarray:
+    """x_d of absolute motion (absolute_parts), edited."""
+    return transform_kp(src.kp, *apply_edit(src, absolute_parts(src, drv, region), edit))
+
+
+def edited_kp(src: KpInfo, edit: Edit) -> np.ndarray:
+    """A still portrait's edited keypoints, as the official demo makes them (the sheet's steps 1-3): R_new =
+    (R_d @ R_s^T) @ R_s, exp with the additions, x_d = move_z * scale * (kp @ R_new + exp) + t with t_z KEPT
+    (unlike the driving path's transform)."""
+    R_d = rotation(src.pitch + edit.head_pitch, src.yaw + edit.head_yaw, src.roll + edit.head_roll)
+    R_new = (R_d @ src.R.T) @ src.R
+    x = np.float32(edit.move_z) * np.float32(src.scale) * (src.kp @ R_new + edit_exp(src.exp, edit)) + src.t
+    return x.astype(np.float32)
+
+
+def ratio_deltas(
+    x_s: np.ndarray, c_s_eyes: np.ndarray | None, c_s_lip: float | None, edit: Edit, eye_mlp: Mlp, lip_mlp: Mlp
+) -> np.ndarray | None:
+    """The sheet's step 4: the eye / lip retargeting deltas asking for the edit's target eye- and lip-open ratios
+    (input [source ratio(s), target]); None when no target is set or the portrait has no landmarks."""
+    delta = None
+    if edit.target_eye_ratio is not None and c_s_eyes is not None:
+        delta = kp_delta(eye_mlp(eye_input(x_s, c_s_eyes, edit.target_eye_ratio)), "eye")
+    if edit.target_lip_ratio is not None and c_s_lip is not None:
+        lip = kp_delta(lip_mlp(lip_input(x_s, c_s_lip, edit.target_lip_ratio)), "lip")
+        delta = lip if delta is None else delta + lip
+    return delta
 
 
 def kp_delta(delta: np.ndarray, name: str = "retargeting") -> np.ndarray:
@@ -304,3 +363,97 @@ def compose_driving_kp(
 def with_multiplier(x_s: np.ndarray, x_d: np.ndarray, multiplier: float) -> np.ndarray:
     """x_s + (x_d - x_s) * multiplier: the official driving_multiplier, a strength for all the motion."""
     return x_d if multiplier == 1.0 else x_s + (x_d - x_s) * np.float32(multiplier)
+
+
+def motion_multiplier(x_s: np.ndarray, x_d0: np.ndarray) -> float:
+    """The official expression-friendly scale: sqrt(volume of the source keypoints' convex hull) / sqrt(that of
+    the first driving frame's composed keypoints), so a driver with a bigger face moves a smaller one less."""
+    return float(np.sqrt(ConvexHull(x_s).volume) / np.sqrt(ConvexHull(x_d0).volume))
+
+
+@dataclass(frozen=True)
+class ExpressionFriendly:
+    """The official driving_option "expression-friendly" for a still source and a driving video (relative motion
+    only): x_d = x_s + (x_d - x_d0) * multiplier, x_d0 the first frame's composed keypoints. An edit is not part
+    of the driving motion: its offset is added after the scaling, so a constant offset survives."""
+
+    x_s: np.ndarray
+    x_d0: np.ndarray
+    multiplier: float
+
+    @classmethod
+    def from_first(cls, x_s: np.ndarray, x_d0: np.ndarray) -> ExpressionFriendly:
+        return cls(x_s, x_d0, motion_multiplier(x_s, x_d0))
+
+    def scaled(self, x_plain: np.ndarray, x_edited: np.ndarray) -> np.ndarray:
+        """x_plain: the frame's composed keypoints without the edit; x_edited: with it."""
+        x = self.x_s + (x_plain - self.x_d0) * np.float32(self.multiplier)
+        return x if x_edited is x_plain else x + (x_edited - x_plain)
+
+
+def kalman_smooth(
+    series: np.ndarray,
+    observation_variance: float = SMOOTH_OBSERVATION_VARIANCE,
+    process_variance: float = SMOOTH_PROCESS_VARIANCE,
+) -> np.ndarray:
+    """Rauch-Tung-Striebel smoothing of a (N, ...) series as a random walk, every entry independently: the model of
+    the official smoother (pykalman's KalmanFilter with identity transition and observation, covariances
+    process_variance * I and observation_variance * I, initial state = the first frame, initial covariance I).
+    With scalar-times-identity covariances every entry has the same gains, so one scalar recursion serves all.
+    The result is float32 like the official's (it casts its smoothed means to float32)."""
+    y = np.asarray(series, dtype=np.float64).reshape(len(series), -1)
+    n = len(y)
+    mean, var = np.empty_like(y), np.empty(n)
+    m, p = y[0], 1.0  # the state prior before the first observation: its mean is the first frame, covariance I
+    for i in range(n):  # forward filter
+        if i:
+            p = p + process_variance
+        gain = p / (p + observation_variance)
+        m = m + gain * (y[i] - m)
+        p = (1.0 - gain) * p
+        mean[i], var[i] = m, p
+    for i in range(n - 2, -1, -1):  # backward smoother
+        g = var[i] / (var[i] + process_variance)
+        mean[i] = mean[i] + g * (mean[i + 1] - mean[i])
+    return mean.reshape(np.shape(series)).astype(np.float32)
+
+
+def video_parts(
+    sources: list[KpInfo],
+    motions: list[Motion],
+    relative: bool,
+    region: str = "all",
+    observation_variance: float = SMOOTH_OBSERVATION_VARIANCE,
+) -> list[Composed]:
+    """(R, exp, scale, t) per frame of a SOURCE VIDEO (official rules): frame i of the source with driving frame i
+    (one driving image: that image for every frame). Relative: exp_i = exp_s,i + exp_d,i - exp_d,0 and
+    R_i = (R_d,i @ R_d,0^T) @ R_s,i; absolute: the driving exp_i and R_i. Both series are Kalman-smoothed over the
+    clip (kalman_smooth; a driving image is not smoothed, and relative to an image its exp is measured against
+    LIP_ARRAY). The source keeps its own scale and, in relative motion, its translation; only the exp entries of
+    ABSOLUTE_EXP_MASK within `region` follow, and R only in the regions that move the pose."""
+    n = min(len(sources), len(motions))
+    video = len(motions) > 1
+    drv = motions[:n] if video else motions * n
+    if relative:
+        base = drv[0].exp if video else LIP_ARRAY
+        exp = np.stack([s.exp + (d.exp - base) for s, d in zip(sources, drv)])
+        R = np.stack([(d.R @ drv[0].R.T) @ s.R for s, d in zip(sources, drv)]) if video else np.stack(
+            [s.R for s in sources[:n]])
+    else:
+        exp, R = np.stack([d.exp for d in drv]), np.stack([d.R for d in drv])
+    if video:
+        exp = kalman_smooth(exp, observation_variance)
+        R = kalman_smooth(R, observation_variance)
+    pose, mask = moves_pose(region), ABSOLUTE_EXP_MASK & region_exp_mask(region)
+    parts: list[Composed] = []
+    for i, (src, d) in enumerate(zip(sources, drv)):
+        t = d.t if pose and not relative else src.t
+        parts.append((R[i] if pose else src.R, np.where(mask, exp[i], src.exp), src.scale, t))
+    return parts
+
+
+def source_eye_target(c_s_eyes_first: np.ndarray) -> float:
+    """Source-video eye retargeting: the eye-open ratio every frame is held at, the first frame's mean (or
+    SOURCE_EYE_OPEN when the first frame's eyes are closed)."""
+    ratio = float(np.mean(c_s_eyes_first[:2]))
+    return SOURCE_EYE_OPEN if ratio < SOURCE_EYE_THRESHOLD else ratio

@@ -1,13 +1,20 @@
-"""Animation options: one plain dataclass with the `LivePortraitProcess` node's names and defaults, plus two of the
-official pipeline's (animation_region, driving_multiplier) that the app and the command line offer."""
+"""Animation options: one plain dataclass with the `LivePortraitProcess` node's names and defaults, plus the
+official pipeline's animation_region and driving_multiplier and the editing controls (an Edit) that the app and
+the command line offer."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+
+from core.edit import NO_EDIT, Edit
 
 DEVICES = ("CPU", "CUDA")
 #: what the driving motion moves (the official `animation_region`): everything, the expression only, the head pose
 #: only, the lips only or the eyes only
 ANIMATION_REGIONS = ("all", "exp", "pose", "lip", "eyes")
+#: the official `driving_option` of a driving video: "expression-friendly" scales the motion by the ratio of the
+#: source's and the first driving frame's keypoint hull sizes (core.motion.motion_multiplier); "pose-friendly"
+#: transfers it unscaled, as the LivePortraitProcess node always has (our default)
+DRIVING_OPTIONS = ("pose-friendly", "expression-friendly")
 
 #: (min, max) of every numeric option (the node's own ranges for its options), shared by validation, the window,
 #: the command line and the ComfyUI node
@@ -40,6 +47,7 @@ class ProcessOptions:
     onnx_device: str = "CPU"
     animation_region: str = "all"
     driving_multiplier: float = 1.0
+    edit: Edit = NO_EDIT
 
     def __post_init__(self) -> None:
         self.validate()
@@ -56,6 +64,8 @@ class ProcessOptions:
             raise ValueError(
                 f"animation_region must be one of {', '.join(ANIMATION_REGIONS)}, got {self.animation_region!r}"
             )
+        if not isinstance(self.edit, Edit):
+            raise ValueError(f"edit must be a core.edit.Edit, got {type(self.edit).__name__}")
 
     @classmethod
     def names(cls) -> list[str]:
@@ -63,6 +73,6 @@ class ProcessOptions:
 
 
 #: the official pipeline's options that the LivePortraitProcess node does not have (the app and CLI offer them)
-PIPELINE_OPTIONS = ("animation_region", "driving_multiplier")
+PIPELINE_OPTIONS = ("animation_region", "driving_multiplier", "edit")
 #: the LivePortraitProcess node's inputs, in its order
 NODE_OPTIONS = tuple(name for name in ProcessOptions.names() if name not in PIPELINE_OPTIONS)

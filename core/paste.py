@@ -6,27 +6,31 @@ any dsize other than 512; at dsize 512 the two agree.
 """
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
 import cv2
 import numpy as np
 
 #: the animated crop's side, fixed by the generator
 OUT_SIZE = 512
+#: the official paste-back mask (MIT, KwaiVGI; see core/resources/README.md)
+MASK_TEMPLATE = Path(__file__).resolve().parent / "resources" / "mask_template.png"
 
 
 class PasteError(ValueError):
     """Paste-back inputs do not fit together (mask and frame sizes differ)."""
 
 
-def mask_template(size: int = OUT_SIZE, feather: int = 16) -> np.ndarray:
-    """The feathered crop mask, float32 size x size: 0 at the border, a linear ramp over `feather` pixels,
-    rounded corners, 1 inside. Built procedurally in place of the official mask_template.png."""
-    idx = np.arange(size, dtype=np.float32)
-    d = np.minimum(idx, size - 1 - idx)
-    dx, dy = d[None, :], d[:, None]
-    edge = np.minimum(dx, dy)
-    corner = feather - np.hypot(feather - dx, feather - dy)
-    inside = np.where((dx < feather) & (dy < feather), corner, edge)
-    return np.clip(inside / feather, 0.0, 1.0).astype(np.float32)
+@functools.cache
+def mask_template() -> np.ndarray:
+    """The official feather mask (core/resources/mask_template.png, 512x512 uint8: 0 outside, 255 inside), read
+    once. Read-only: every prepared mask is a warped copy of it."""
+    mask = cv2.imread(str(MASK_TEMPLATE), cv2.IMREAD_GRAYSCALE)
+    if mask is None or mask.shape != (OUT_SIZE, OUT_SIZE):
+        raise PasteError(f"{MASK_TEMPLATE} is missing or damaged; restore it from the repository")
+    mask.setflags(write=False)
+    return mask
 
 
 def output_to_original(M_c2o: np.ndarray, dsize: int, out_size: int = OUT_SIZE) -> np.ndarray:
@@ -38,13 +42,12 @@ def output_to_original(M_c2o: np.ndarray, dsize: int, out_size: int = OUT_SIZE) 
 def prepare_paste_mask(M_c2o: np.ndarray, src_shape: tuple[int, ...], dsize: int = OUT_SIZE) -> np.ndarray:
     """The template mask warped into the original image (float32 HxWx1 in [0, 1]); once per source image.
 
-    Like the official code, the template is warped as 8-bit (floor(255 * t)) and then divided by 255: the
-    integer interpolation keeps the inside exactly 1.0, which lets paste_back copy those pixels unblended.
+    Like the official code, the 8-bit template is warped and then divided by 255: the integer interpolation keeps
+    the inside exactly 1.0, which lets paste_back copy those pixels unblended.
     """
     h, w = src_shape[:2]
     M = output_to_original(M_c2o, dsize)
-    template = (mask_template() * 255).astype(np.uint8)
-    mask = cv2.warpAffine(template, M[:2], (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    mask = cv2.warpAffine(mask_template(), M[:2], (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
     return (mask.astype(np.float32) / np.float32(255))[..., None]
 
 

@@ -1,12 +1,16 @@
 """Motion templates: per-frame driving motion stored as plain .npz arrays (no pickle), so a recorded or
-shared motion can drive a portrait without the driving video and without executing code from the file.
+shared motion can drive a portrait without the driving video and without executing code from the file. The
+official pipeline's .pkl templates are read by a restricted unpickler (load_official_template) that builds only
+numpy arrays, dtypes and plain containers, and are converted to this format.
 
 Format (N frames): scale (N, 1), R (N, 3, 3), exp (N, 21, 3), t (N, 3) with t_z = 0, fps (scalar), and
 optionally eye_ratio (N, 2) and lip_ratio (N, 1), the driving ratios that retargeting needs.
 """
 from __future__ import annotations
 
+import io
 import math
+import pickle
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -182,3 +186,80 @@ def save_template(path: str | Path, motions: list[Motion], fps: float, overwrite
             np.savez(f, **arrays)  # a file object: np.savez would add .npz to a name without it
     except FileExistsError:
         raise TemplateError(f"{path} already exists; choose another name or pass overwrite=True") from None
+
+
+#: the only globals an official template pickle may name: numpy's array and dtype rebuilders (numpy 1 and 2
+#: module names) and _codecs.encode, which protocol 2 pickles use for raw bytes. Nothing else is ever imported.
+PICKLE_GLOBALS = {
+    (module, name)
+    for package in ("numpy.core", "numpy._core")
+    for module, name in ((f"{package}.multiarray", "_reconstruct"), (f"{package}.multiarray", "scalar"),
+                         (f"{package}.numeric", "_frombuffer"))
+} | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+
+class _Refused(pickle.UnpicklingError):
+    """A pickle named a global outside PICKLE_GLOBALS (the message is its module.name)."""
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles numpy arrays, dtypes, numbers, strings and containers; any other global is refused before it is
+    imported, so a hostile pickle cannot run code."""
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in PICKLE_GLOBALS:
+            raise _Refused(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
+def _first(record: dict, *keys: str) -> object:
+    """The value of the first of `keys` present (the official code renamed its keys once)."""
+    for key in keys:
+        if key in record:
+            return record[key]
+    raise KeyError(" or ".join(repr(k) for k in keys))
+
+
+def load_official_template(path: str | Path) -> Template:
+    """An official LivePortrait template (.pkl: n_frames, output_fps, motion[i] = {scale, R, exp, t, ...},
+    c_eyes_lst, c_lip_lst; older files say R_d, c_d_eyes_lst, c_d_lip_lst) as a validated Template.
+    Unpickled by _ArraysOnly: a file that names anything but numpy arrays and dtypes is refused, unexecuted."""
+    path = Path(path)
+    if not path.is_file():
+        raise TemplateError(f"{path}: no such template file; pass the path of an official .pkl motion template")
+    try:
+        data = _ArraysOnly(io.BytesIO(path.read_bytes())).load()
+    except _Refused as err:
+        raise TemplateError(
+            f"{path}: refused, the pickle asks for {err} (only numpy arrays, dtypes and plain containers are "
+            "accepted; nothing in it was run); re-export it with the official LivePortrait"
+        ) from None
+    except Exception as err:  # a truncated or garbled pickle raises any of a dozen types; none of it ran code
+        raise TemplateError(f"{path} is not an official .pkl motion template: the file is damaged ({err})") from None
+    try:
+        frames = list(data["motion"])
+        eyes, lips = data.get("c_eyes_lst", data.get("c_d_eyes_lst")), data.get("c_lip_lst", data.get("c_d_lip_lst"))
+        arrays = {
+            "scale": np.stack([np.asarray(f["scale"], np.float64).reshape(1) for f in frames]),
+            "R": np.stack([np.asarray(_first(f, "R", "R_d"), np.float64).reshape(3, 3) for f in frames]),
+            "exp": np.stack([np.asarray(f["exp"], np.float64).reshape(K, 3) for f in frames]),
+            "t": np.stack([np.asarray(f["t"], np.float64).reshape(3) for f in frames]),
+            "fps": np.asarray(float(data.get("output_fps", 25))),
+        }
+        if eyes is not None and lips is not None and len(eyes) == len(lips) == len(frames):
+            arrays["eye_ratio"] = np.stack([np.asarray(e, np.float64).reshape(2) for e in eyes])
+            arrays["lip_ratio"] = np.stack([np.asarray(c, np.float64).reshape(1) for c in lips])
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+        raise TemplateError(
+            f"{path} is not an official .pkl motion template ({type(err).__name__}: {err}); it needs 'motion' with "
+            "scale, R (or R_d), exp and t per frame"
+        ) from None
+    if not frames:
+        raise TemplateError(f"{path}: the template has no frames")
+    arrays["t"][:, 2] = 0.0  # t_z is never used (and our format stores it as 0)
+    return _validate(str(path), arrays)
+
+
+def save_template_arrays(path: str | Path, template: Template, overwrite: bool = False) -> None:
+    """Write a loaded Template (e.g. a converted official one) in the .npz format."""
+    save_template(path, [template.motion(i) for i in range(len(template))], template.fps, overwrite)

@@ -25,8 +25,11 @@ def test_defaults_are_the_nodes() -> None:
         "lip_retargeting_multiplier": 1.0, "stitching": True, "relative": True, "onnx_device": "CPU",
     }
     assert NODE_OPTIONS == tuple(node)
-    # the official pipeline's two extra options default to "no change"
-    assert asdict(ProcessOptions()) == node | {"animation_region": "all", "driving_multiplier": 1.0}
+    # the official pipeline's extra options default to "no change"
+    options = ProcessOptions()
+    assert {k: v for k, v in asdict(options).items() if k != "edit"} == node | {
+        "animation_region": "all", "driving_multiplier": 1.0}
+    assert options.edit.is_noop
 
 
 def test_the_official_pipeline_options_are_checked() -> None:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from export.face_standins import mean_face_106
+from tests.conftest import FIXTURES
 from core.crop import crop_source
 from core.images import load_image
 from core.paste import PasteError, mask_template, output_to_original, paste_back, prepare_paste_mask
@@ -17,14 +18,24 @@ M_O2C = np.array([[2, 0, -200], [0, 2, -100], [0, 0, 1]], np.float32)
 M_C2O = np.linalg.inv(M_O2C)
 
 
-def test_mask_template_ramp_and_corners() -> None:
+def test_mask_template_is_the_official_one() -> None:
+    """The shipped copy is the official mask_template.png, pixel for pixel (the fixture is the official file)."""
     mask = mask_template()
-    assert mask.shape == (512, 512) and mask.dtype == np.float32
-    assert mask[256, [0, 4, 8, 15, 16, 256, 495, 511]].tolist() == [0, 0.25, 0.5, 0.9375, 1, 1, 1, 0]
-    assert mask[256, 496] == 0.9375 and mask[4, 256] == 0.25  # symmetric on all four sides
-    assert mask[4, 4] == 0.0  # the corner is rounded off: a square corner would give 0.25
-    assert mask[8, 8] == pytest.approx(1 - np.hypot(8, 8) / 16)
-    assert np.array_equal(mask, mask.T) and np.array_equal(mask, mask[::-1, ::-1])
+    assert mask.shape == (512, 512) and mask.dtype == np.uint8 and not mask.flags.writeable
+    assert mask[256, 0] == 0 and mask[256, 256] == 255 and mask[0, 0] == 0
+    official = FIXTURES / "official_constants" / "mask_template.png"
+    if official.is_file():
+        assert np.array_equal(mask, cv2.imread(str(official), cv2.IMREAD_GRAYSCALE))
+        # the official code reads it as colour: three equal channels, so one grey channel is the same mask
+        colour = cv2.imread(str(official), cv2.IMREAD_COLOR)
+        assert all(np.array_equal(colour[..., c], mask) for c in range(3))
+
+
+def test_prepare_paste_mask_is_the_official_warp() -> None:
+    """At dsize 512 the prepared mask is exactly the official one: the 8-bit template warped, divided by 255."""
+    mask = prepare_paste_mask(M_C2O, (400, 500, 3))
+    official = cv2.warpAffine(np.dstack([mask_template()] * 3), M_C2O[:2], (500, 400), flags=cv2.INTER_LINEAR)
+    assert np.array_equal(mask[..., 0], official[..., 0].astype(np.float32) / np.float32(255))
 
 
 def test_prepare_paste_mask_places_the_template() -> None:
@@ -32,7 +43,7 @@ def test_prepare_paste_mask_places_the_template() -> None:
     assert mask.shape == (400, 500, 1) and mask.dtype == np.float32
     assert mask[:50].max() == 0 and mask[:, :100].max() == 0 and mask[307:].max() == 0 and mask[:, 357:].max() == 0
     assert mask[60:297, 110:347].min() == 1.0  # the template's flat top, 8 px in from the region's edges
-    assert mask[178, 104] == pytest.approx(mask_template()[256, 8], abs=0.05)
+    assert mask[178, 104] == pytest.approx(mask_template()[256, 8] / 255, abs=0.05)
 
 
 def test_crop_lands_on_its_region() -> None:

@@ -1,6 +1,7 @@
 """Motion templates: every shared template loads, bad files give exact messages, save/load round-trips."""
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 
@@ -8,7 +9,14 @@ import numpy as np
 import pytest
 
 from core.motion import Motion
-from core.templates import Template, TemplateError, load_template, save_template
+from core.templates import (
+    Template,
+    TemplateError,
+    load_official_template,
+    load_template,
+    save_template,
+    save_template_arrays,
+)
 
 WITH_RATIOS = {"d1", "d2", "d8"}
 
@@ -153,3 +161,105 @@ def test_template_frames_are_read_only_and_bounded(tmp_path: Path) -> None:
     with pytest.raises(IndexError) as err:
         tpl.motion(3)
     assert str(err.value) == "template frame 3 is out of range: the template has frames 0..2"
+
+
+# --- official .pkl templates ---------------------------------------------------------------------------------------
+
+def official_pickle(n: int = 3, old_keys: bool = False, protocol: int = pickle.HIGHEST_PROTOCOL) -> tuple[bytes, dict]:
+    """A template in the official layout (what its make_motion_template writes): (1, ...) float32 arrays."""
+    rng = np.random.default_rng(n)
+    r_key, eyes_key, lip_key = ("R_d", "c_d_eyes_lst", "c_d_lip_lst") if old_keys else ("R", "c_eyes_lst", "c_lip_lst")
+    motion = [{
+        "scale": rng.uniform(1, 2, (1, 1)).astype(np.float32),
+        r_key: rng.normal(size=(1, 3, 3)).astype(np.float32),
+        "exp": rng.normal(size=(1, 21, 3)).astype(np.float32),
+        "t": rng.normal(size=(1, 3)).astype(np.float32),
+        "kp": rng.normal(size=(1, 21, 3)).astype(np.float32),
+        "x_s": rng.normal(size=(1, 21, 3)).astype(np.float32),
+    } for _ in range(n)]
+    data = {"n_frames": n, "output_fps": 30, "motion": motion,
+            eyes_key: [rng.uniform(0, 0.5, (1, 2)).astype(np.float32) for _ in range(n)],
+            lip_key: [rng.uniform(0, 0.5, (1, 1)).astype(np.float32) for _ in range(n)]}
+    return pickle.dumps(data, protocol=protocol), data
+
+
+@pytest.mark.parametrize("old_keys", [False, True], ids=["new-keys", "old-keys"])
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_official_pickle_round_trips_through_npz(tmp_path: Path, old_keys: bool, protocol: int) -> None:
+    blob, data = official_pickle(old_keys=old_keys, protocol=protocol)
+    pkl = tmp_path / "official.pkl"
+    pkl.write_bytes(blob)
+    template = load_official_template(pkl)
+    save_template_arrays(tmp_path / "t.npz", template)
+    back = load_template(tmp_path / "t.npz")
+    r_key, eyes_key, lip_key = ("R_d", "c_d_eyes_lst", "c_d_lip_lst") if old_keys else ("R", "c_eyes_lst", "c_lip_lst")
+    assert len(back) == 3 and back.fps == 30.0
+    for i, frame in enumerate(data["motion"]):
+        motion = back.motion(i)
+        assert np.array_equal(motion.R, frame[r_key][0]) and np.array_equal(motion.exp, frame["exp"][0])
+        assert motion.scale == frame["scale"][0, 0]
+        assert np.array_equal(motion.t, [*frame["t"][0, :2], 0.0])  # t_z dropped, as our format stores it
+        assert np.array_equal(motion.eye_ratio, data[eyes_key][i][0]) and np.array_equal(motion.lip_ratio, data[lip_key][i][0])
+
+
+class _Planted:
+    """Unpickling this would run os.system: the restricted unpickler must refuse it before anything runs."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+class _Flag:
+    """A harmless class of this test module: refused all the same (not numpy), and its import would set a flag."""
+
+    def __reduce__(self):
+        return (_set_flag, ())
+
+
+FLAG: list[str] = []
+
+
+def _set_flag() -> None:
+    FLAG.append("ran")
+
+
+@pytest.mark.parametrize("planted", ["os.system", "test-function", "OrderedDict", "builtins.eval"])
+def test_an_official_pickle_carrying_anything_else_is_refused_unexecuted(tmp_path: Path, planted: str) -> None:
+    import collections
+
+    marker = tmp_path / "code-ran"
+    blob, data = official_pickle()
+    payload = {
+        "os.system": _Planted(marker),
+        "test-function": _Flag(),
+        "OrderedDict": collections.OrderedDict(a=1),
+        "builtins.eval": None,
+    }[planted]
+    if planted == "builtins.eval":
+        # a hand-made pickle: GLOBAL builtins.eval, REDUCE on ("open(...).write(...)",)
+        code = f"open({str(marker)!r}, 'w').write('x')"
+        blob = b"\x80\x02cbuiltins\neval\nq\x00X" + len(code).to_bytes(4, "little") + code.encode() + b"\x85R."
+    else:
+        data["motion"][1]["extra"] = payload
+        blob = pickle.dumps(data)
+    pkl = tmp_path / "evil.pkl"
+    pkl.write_bytes(blob)
+    with pytest.raises(TemplateError) as info:
+        load_official_template(pkl)
+    message = str(info.value)
+    assert message.startswith(f"{pkl}: refused, the pickle asks for ") and "nothing in it was run" in message
+    assert "\n" not in message
+    assert not marker.exists() and FLAG == []  # no code ran
+
+
+def test_a_damaged_or_foreign_pickle_is_one_line(tmp_path: Path) -> None:
+    pkl = tmp_path / "cut.pkl"
+    pkl.write_bytes(official_pickle()[0][:100])
+    with pytest.raises(TemplateError, match=r"is not an official \.pkl motion template: the file is damaged"):
+        load_official_template(pkl)
+    pkl.write_bytes(pickle.dumps({"frames": [1, 2]}))
+    with pytest.raises(TemplateError, match=r"is not an official \.pkl motion template \(KeyError: 'motion'\)"):
+        load_official_template(pkl)
