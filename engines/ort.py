@@ -1,15 +1,13 @@
 """ONNX Runtime backend (CPU and CUDA execution providers)."""
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
 from engines.base import ModelLoadError, Runner, TensorSpec
-
-log = logging.getLogger(__name__)
+from engines.ort_cuda import cuda_problem, preload_cuda_libraries
 
 _ORT_DTYPES = {
     "tensor(float)": np.dtype(np.float32),
@@ -42,8 +40,8 @@ class OrtRunner(Runner):
     """One onnxruntime InferenceSession.
 
     `device` is "cpu" or "cuda" ("auto" is resolved by engines.open_runner). ONNX Runtime silently falls back to
-    CPU when CUDA cannot start, so the backend name comes from the providers the session actually got, not from
-    what was asked.
+    CPU when CUDA cannot start, so the providers the session actually got are checked: a CUDA session that fell
+    back is refused with the reason (engines.ort_cuda), never run on the CPU.
     """
 
     def __init__(self, path: Path, device: str = "cpu") -> None:
@@ -60,6 +58,8 @@ class OrtRunner(Runner):
                 "ONNX Runtime CUDA was asked for, but this onnxruntime has no CUDA provider; "
                 "install requirements-gpu.txt or choose the CPU device"
             )
+        if want_cuda:  # CUDA and cuDNN from NVIDIA's pip packages, before the provider looks for them
+            preload_cuda_libraries()
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if want_cuda else ["CPUExecutionProvider"]
         options = ort.SessionOptions()
         options.log_severity_level = 3
@@ -75,7 +75,11 @@ class OrtRunner(Runner):
         got = self.session.get_providers()
         self.backend = "onnxruntime-cuda" if "CUDAExecutionProvider" in got else "onnxruntime-cpu"
         if want_cuda and self.backend != "onnxruntime-cuda":
-            log.warning("%s: CUDA provider failed to start, running on CPU", self.path.name)
+            del self.session
+            raise ModelLoadError(
+                f"{self.path.name}: ONNX Runtime's CUDA provider did not start ({cuda_problem()}); "
+                "pip install -r requirements-gpu.txt, or choose the cpu backend"
+            )
         self._run = ort.RunOptions()  # the options of the run in flight; terminate=True aborts it
         self._interrupted = False
         self.inputs = [_spec(a, self.path) for a in self.session.get_inputs()]

@@ -51,6 +51,7 @@ def probe_ort_providers() -> tuple[str, ...]:
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return ("CPUExecutionProvider",)
+    from engines.ort_cuda import preload_cuda_libraries
     from onnx import TensorProto, helper, numpy_helper  # in requirements-gpu.txt, the only install with CUDA
 
     weight = numpy_helper.from_array(np.ones((1, 1, 1, 1), np.float32), "w")
@@ -63,6 +64,7 @@ def probe_ort_providers() -> tuple[str, ...]:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
+    preload_cuda_libraries()  # as OrtRunner does: CUDA and cuDNN may come from NVIDIA's pip packages
     options = ort.SessionOptions()
     options.log_severity_level = 4
     try:
@@ -72,6 +74,14 @@ def probe_ort_providers() -> tuple[str, ...]:
     except Exception:  # onnxruntime raises untyped errors when a CUDA library is missing
         return ("CPUExecutionProvider",)
     return tuple(session.get_providers())
+
+
+@functools.lru_cache(maxsize=1)
+def probe_ort_cuda_problem() -> str:
+    """Why ONNX Runtime's CUDA provider did not start, naming the missing library where one is missing."""
+    from engines.ort_cuda import cuda_problem
+
+    return cuda_problem()
 
 
 def engines_state(models_dir: Path, gpu: GpuInfo, trt_version: str, precision: str) -> str | None:
@@ -125,7 +135,7 @@ def choose_backend(requested: str, models_dir: Path, precision: str = "fp16") ->
     if "CUDAExecutionProvider" in providers:
         reason = "ONNX Runtime with CUDA" + (f" (TensorRT not used: {trt_problem})" if trt_problem else "") + "."
         return BackendChoice("cuda", reason)
-    cuda_problem = "ONNX Runtime's CUDA provider did not start (no GPU, or onnxruntime-gpu and its CUDA libraries are missing)"
+    cuda_problem = f"ONNX Runtime's CUDA provider did not start ({probe_ort_cuda_problem()})"
     if requested == "cuda":
         raise BackendUnavailable(f"ONNX Runtime CUDA was asked for, but {cuda_problem}; choose the cpu or auto backend")
     return BackendChoice("cpu", f"ONNX Runtime on the CPU: {trt_problem}, and {cuda_problem}.")

@@ -30,6 +30,7 @@ def machine(monkeypatch: pytest.MonkeyPatch):
         monkeypatch.setattr(select, "probe_gpu", lambda: gpu or "no NVIDIA GPU was found")
         monkeypatch.setattr(select, "probe_ort_providers", lambda: providers)
         monkeypatch.setattr(select, "engines_state", lambda *args: engines_state)
+        monkeypatch.setattr(select, "probe_ort_cuda_problem", lambda: "Failed to load libcudnn.so.9")
 
     return set_machine
 
@@ -64,7 +65,7 @@ def test_auto_ends_on_the_cpu_when_the_cuda_session_fell_back(machine, tmp_path:
     assert choose_backend("auto", tmp_path) == BackendChoice(
         "cpu",
         "ONNX Runtime on the CPU: no NVIDIA GPU was found, and ONNX Runtime's CUDA provider did not start "
-        "(no GPU, or onnxruntime-gpu and its CUDA libraries are missing).",
+        "(Failed to load libcudnn.so.9).",
     )
 
 
@@ -75,8 +76,12 @@ def test_a_named_backend_that_cannot_run_is_an_error(machine, tmp_path: Path) ->
     assert str(caught.value) == (
         "TensorRT was asked for, but no NVIDIA GPU was found; choose the cuda, cpu or auto backend"
     )
-    with pytest.raises(BackendUnavailable, match=r"^ONNX Runtime CUDA was asked for, but ONNX Runtime's CUDA provider"):
+    with pytest.raises(BackendUnavailable) as caught:
         choose_backend("cuda", tmp_path)
+    assert str(caught.value) == (
+        "ONNX Runtime CUDA was asked for, but ONNX Runtime's CUDA provider did not start (Failed to load "
+        "libcudnn.so.9); choose the cpu or auto backend"
+    )
 
 
 def test_named_backends_that_can_run_are_taken(machine, tmp_path: Path) -> None:
@@ -94,6 +99,7 @@ def test_this_machine_without_gpu_gets_the_cpu(tmp_path: Path) -> None:
     choice = choose_backend("auto", tmp_path)
     assert choice.name == "cpu"
     assert choice.reason.startswith("ONNX Runtime on the CPU: ")
+    assert choice.reason.endswith("and ONNX Runtime's CUDA provider did not start (onnxruntime-gpu is not installed).")
 
 
 def one_op_model(path: Path, op: str, elem_type: int) -> None:
@@ -138,3 +144,73 @@ def test_onnxruntime_refuses_a_model_with_a_tensor_type_it_cannot_feed(tmp_path:
         "mask.onnx: tensor 'x' has type tensor(bool), which this app cannot feed; "
         "re-export the models folder with `python -m export onnx`"
     )
+
+
+LIBCUBLAS_MISSING = (
+    "Failed to load /venv/site-packages/nvidia/cu13/lib/libcublasLt.so.13: libcublasLt.so.13: cannot open shared "
+    "object file: No such file or directory"
+)
+
+
+@pytest.fixture
+def ort_gpu_build(monkeypatch: pytest.MonkeyPatch):
+    """This CPU onnxruntime dressed as onnxruntime-gpu: it lists the CUDA provider and has preload_dlls, which
+    prints `printed` (as onnxruntime does for a library it cannot load); the sessions really fall back to the CPU."""
+    import onnxruntime
+
+    from engines import ort_cuda
+
+    calls: list[str] = []
+
+    def preload(printed: str = "") -> None:
+        calls.append("preload")
+        print(printed)
+
+    def use(printed: str) -> list[str]:
+        monkeypatch.setattr(onnxruntime, "preload_dlls", lambda: preload(printed))
+        return calls
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    ort_cuda.preload_cuda_libraries.cache_clear()
+    yield use
+    ort_cuda.preload_cuda_libraries.cache_clear()
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider' is not in available provider names")
+def test_a_cuda_session_that_fell_back_is_refused_naming_the_missing_library(tmp_path: Path, ort_gpu_build) -> None:
+    from onnx import TensorProto
+
+    from engines.ort import OrtRunner
+
+    calls = ort_gpu_build(LIBCUBLAS_MISSING)
+    one_op_model(tmp_path / "stitching.onnx", "Relu", TensorProto.FLOAT)
+    with pytest.raises(ModelLoadError) as caught:
+        OrtRunner(tmp_path / "stitching.onnx", device="cuda")
+    assert str(caught.value) == (
+        f"stitching.onnx: ONNX Runtime's CUDA provider did not start ({LIBCUBLAS_MISSING}); "
+        "pip install -r requirements-gpu.txt, or choose the cpu backend"
+    )
+    with pytest.raises(ModelLoadError, match=r"^stitching.onnx: ONNX Runtime's CUDA provider did not start \(Failed"):
+        OrtRunner(tmp_path / "stitching.onnx", device="cuda")
+    assert calls == ["preload"]  # once per process, before the first CUDA session
+    with OrtRunner(tmp_path / "stitching.onnx") as runner:  # the CPU device never preloads CUDA
+        assert runner.backend == "onnxruntime-cpu" and calls == ["preload"]
+
+
+def test_cuda_problem_names_what_the_dynamic_loader_could_not_find(ort_gpu_build, monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnxruntime
+
+    from engines import ort_cuda
+
+    ort_gpu_build("")
+    capi = Path(onnxruntime.__file__).parent / "capi"
+    # the real loader on this CPU onnxruntime: the shared provider library loads, the CUDA one is absent
+    assert ort_cuda.load_error(capi) == (
+        f"{capi / ort_cuda.PROVIDER_LIBS[1]}: cannot open shared object file: No such file or directory"
+    )
+    monkeypatch.setattr(ort_cuda, "load_error", lambda capi: "libcudnn.so.9: cannot open shared object file")
+    assert ort_cuda.cuda_problem() == "could not load its CUDA libraries: libcudnn.so.9: cannot open shared object file"
+    monkeypatch.setattr(ort_cuda, "load_error", lambda capi: None)
+    no_gpu = select.probe_gpu()
+    if isinstance(no_gpu, str):  # the libraries load: the reason is the machine's (no driver here)
+        assert ort_cuda.cuda_problem() == no_gpu
