@@ -4,6 +4,7 @@ from __future__ import annotations
 import threading
 import time
 import tracemalloc
+import types
 from pathlib import Path
 
 import cv2
@@ -97,9 +98,8 @@ def test_2000_frames_bounded_queues_latency_and_memory() -> None:
     assert max_q <= 1
     assert stats.captured >= stats.processed >= stats.delivered >= 2000
     assert stats.dropped_capture == stats.captured - stats.processed - len(loop.captured_q)
-    # the camera outruns the processor, so frames are dropped instead of queued: latency stays small
+    # the camera outruns the processor, so frames are dropped instead of queued (bench.live measures the latency)
     assert stats.dropped_capture > 0
-    assert stats.latency_p95_ms < 100
     assert all(f.latency_ms >= 0 and f.result.output is not None for f in sink.frames)
     assert set(stats.timings) == {"motion", "render", "process"}
     assert all(f.process_ms >= 1.0 for f in sink.frames)  # the fake sleeps 1 ms per frame
@@ -148,12 +148,18 @@ def test_processor_failure_keeps_stream_and_reports() -> None:
                 raise RuntimeError("CUDA out of memory")
             return super().process(frame_rgb)
 
-    loop = LiveLoop(Broken(), SyntheticCamera(0.002), [])
+    statuses: list[str] = []  # every delivered frame's status, in order
+    sink = ListSink()
+    sink.send = lambda frame: statuses.append(frame.result.status)
+    loop = LiveLoop(Broken(), SyntheticCamera(0.002), [sink])
     loop.start()
+    failed, working = "processing failed: CUDA out of memory", "choose a portrait to animate"
     try:
-        wait_for(lambda: loop.stats().errors >= 3 and loop.delivered >= 6)
+        wait_for(lambda: loop.stats().errors >= 3 and {failed, working} <= set(statuses))
     finally:
         loop.stop()
+    # a failed frame reaches the sinks with the error as its status, and the stream goes on
+    assert set(statuses) == {failed, working}
 
 
 def test_no_processor_still_shows_camera() -> None:
@@ -192,16 +198,14 @@ def test_broken_sink_is_removed_others_continue() -> None:
     assert bad.closed and loop.sinks == []
 
 
-def test_run_headless_with_fake_vcam_and_recording(tmp_path: Path) -> None:
-    from tests.test_vcam import FakeCam
-
+def test_run_headless_with_fake_vcam_and_recording(tmp_path: Path, fake_cam) -> None:
     processor = FakeProcessor()
     processor.set_source(portrait(60, 40))
     lines: list[str] = []
     out = tmp_path / "rec.mp4"
     stats = run_headless(
         processor, SyntheticCamera(0.002), virtual_cam=True, frames=30, record=out,
-        vcam_backend=FakeCam.open, report=lines.append, report_every_s=0.01,
+        vcam_backend=fake_cam.open, report=lines.append, report_every_s=0.01,
     )
     assert stats.delivered >= 30
     assert lines[0] == "virtual camera on: fake0 1280x720 @ 1000 fps"
@@ -233,7 +237,17 @@ def test_run_headless_without_vcam_device_keeps_running() -> None:
     assert lines[0].startswith("virtual camera unavailable ('v4l2loopback' backend: No v4l2 loopback device found)")
 
 
-def test_video_file_loops_at_its_own_fps(tmp_path: Path) -> None:
+def test_video_file_loops_at_its_own_fps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import realtime.camera
+
+    sleeps: list[float] = []
+    clock = {"now": 100.0}  # a fake clock: reading takes no time, sleeping moves it on
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        clock["now"] += seconds
+
+    monkeypatch.setattr(realtime.camera, "time", types.SimpleNamespace(monotonic=lambda: clock["now"], sleep=sleep))
     path = tmp_path / "five.mp4"
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 50.0, (32, 24))
     for i in range(5):
@@ -241,13 +255,12 @@ def test_video_file_loops_at_its_own_fps(tmp_path: Path) -> None:
     writer.release()
     source = open_camera(str(path))
     assert isinstance(source, VideoFileSource) and source.fps == 50.0
-    start = time.monotonic()
     frames = [source.read() for _ in range(12)]
-    elapsed = time.monotonic() - start
     source.close()
     reds = [int(f[0, 0, 0]) for f in frames]  # RGB order: red first
     assert reds[5] == reds[0] and reds[10] == reds[0] and reds[4] > reds[0] + 100
-    assert elapsed >= 11 / 50 * 0.9  # paced like a camera, not decoded as fast as possible
+    # paced like a camera, not decoded as fast as possible: one frame time before each frame after the first
+    assert sleeps == pytest.approx([1 / 50] * 11)
 
 
 def test_bad_camera_specs() -> None:
@@ -322,26 +335,36 @@ def test_pipelined_processor_on_the_cpu_runs_its_halves_one_after_the_other() ->
 
 def test_a_burst_of_option_changes_applies_only_the_last() -> None:
     class Counting(FakeProcessor):
+        """Holds its frame until released, so the whole burst arrives while one frame is in flight."""
+
         def __init__(self) -> None:
-            super().__init__(delay_s=0.02)
+            super().__init__()
             self.applied: list[ProcessOptions] = []
+            self.busy, self.release = threading.Event(), threading.Event()
 
         def set_options(self, options: ProcessOptions, smoothing: float, lock_scale: bool) -> None:
             super().set_options(options, smoothing, lock_scale)
             self.applied.append(options)
 
+        def process(self, frame_rgb: np.ndarray) -> FrameResult:
+            self.busy.set()
+            self.release.wait(10)
+            return super().process(frame_rgb)
+
     processor = Counting()
     loop = LiveLoop(processor, SyntheticCamera(0.002), [])
     loop.start()
     try:
-        wait_for(lambda: processor.frames >= 1)
+        assert processor.busy.wait(10)
         burst = [ProcessOptions(scale=1.0 + i / 100) for i in range(50)]  # a dragged slider
         for options in burst:
             loop.set_options(options, 0.0, False)
+        processor.release.set()
         wait_for(lambda: processor.options is burst[-1])
     finally:
+        processor.release.set()
         loop.stop()
-    assert processor.applied[-1] is burst[-1] and len(processor.applied) < 10
+    assert processor.applied == [burst[-1]]
 
 
 class Closing(TwoHalves):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -12,7 +13,20 @@ import pytest
 from main import main
 from core.images import load_image
 from render.outputs import ffmpeg_exe, has_audio
+from core.options import NODE_OPTIONS, ProcessOptions
 from core.templates import load_template, save_template
+
+#: every animation flag away from its default, and the options they must arrive as
+FLAGS = [
+    "--dsize", "256", "--scale", "2", "--vx-ratio", "0.1", "--vy-ratio", "-0.2", "--no-lip-zero", "--eye-retargeting",
+    "--eyes-retargeting-multiplier", "1.5", "--lip-retargeting", "--lip-retargeting-multiplier", "0.5",
+    "--no-stitching", "--no-relative", "--animation-region", "exp", "--driving-multiplier", "1.5",
+]
+FLAGGED = ProcessOptions(
+    dsize=256, scale=2.0, vx_ratio=0.1, vy_ratio=-0.2, lip_zero=False, eye_retargeting=True,
+    eyes_retargeting_multiplier=1.5, lip_retargeting=True, lip_retargeting_multiplier=0.5, stitching=False,
+    relative=False, animation_region="exp", driving_multiplier=1.5,
+)
 
 
 @pytest.fixture(scope="module")
@@ -273,3 +287,37 @@ def test_one_driving_image_renders_to_a_picture(
     for driving, what in ((media_dir / "driving" / "d10.mp4", "a video"), (short_template, "2 frames")):
         code, _, err = _run([*base, "--driving", str(driving), "--out", str(tmp_path / "many.png")], capsys)
         assert code == 1 and err == f"error: {tmp_path / 'many.png'} is a picture but the driving input is {what}; name the output .mp4\n"
+
+
+def test_every_animation_flag_reaches_render_live_and_the_window(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commands parse each option flag into the ProcessOptions they hand on (the work itself is stubbed)."""
+    import core.animator
+    import realtime.camera
+    import realtime.live
+    import realtime.loop
+    import render.offline
+    import ui.app
+    from realtime.live_api import FakeProcessor
+
+    defaults = ProcessOptions()
+    flagged = [name for name in (*NODE_OPTIONS, "animation_region", "driving_multiplier") if name != "onnx_device"]
+    assert [name for name in flagged if getattr(FLAGGED, name) == getattr(defaults, name)] == []
+    seen: dict[str, ProcessOptions] = {}
+    processor = FakeProcessor()
+    monkeypatch.setattr(core.animator, "open_animator", lambda models, backend: (SimpleNamespace(backend="x"), "stub"))
+    monkeypatch.setattr(render.offline, "render", lambda *args, **kwargs: (
+        seen.setdefault("render", args[4]), SimpleNamespace(summary=lambda: "0 frames"))[1])
+    monkeypatch.setattr(realtime.live, "make_processor", lambda models, backend: processor)
+    monkeypatch.setattr(realtime.camera, "open_camera", lambda spec: None)
+    monkeypatch.setattr(realtime.loop, "run_headless", lambda *a, **k: SimpleNamespace(line=lambda: "", sink_error=""))
+    monkeypatch.setattr(ui.app, "run_app", lambda *args, **kwargs: seen.setdefault("window", kwargs["options"]) and 0)
+    source = tmp_path / "portrait.png"
+    cv2.imwrite(str(source), np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8))
+
+    assert main(["render", "--source", str(source), "--driving", "d.mp4", "--out", "o.mp4", *FLAGS]) == 0
+    assert main(["live", "--source", str(source), "--no-window", "--virtual-cam", *FLAGS]) == 0
+    assert main(["live", "--source", str(source), *FLAGS]) == 0
+    capsys.readouterr()
+    assert seen == {"render": FLAGGED, "window": FLAGGED} and processor.options == FLAGGED
