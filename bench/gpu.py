@@ -1,13 +1,20 @@
-"""GPU benchmark: per-engine milliseconds for TensorRT FP16, TensorRT FP32 and ONNX Runtime CUDA, and the live
+"""GPU benchmark: per-network milliseconds for TensorRT FP16, TensorRT FP32 and ONNX Runtime CUDA, and the live
 app's end-to-end fps and latency, in one run.
 
 `python -m bench.gpu --models DIR [--frames N] [--backends trt-fp16,trt-fp32,ort-cuda] [--source IMG] [--driving VIDEO]`
 
+Per network, on random inputs of the right shapes: "host to host" is one infer() (inputs copied up, outputs
+copied back: the numpy callers' cost); "on the device" has the inputs already on the GPU and leaves the outputs
+there (TensorRT: DeviceArray feeds; ONNX Runtime: I/O binding), which is what a network costs inside the live
+path, where the engines are chained on the device. TensorRT is also timed with its launches replayed from CUDA
+graphs (the `cuda_graph` engine option, off by default until these numbers say otherwise).
+
 End to end is what the live app does per camera frame, through realtime.live.LiveProcessor on a real portrait
 and real driving frames (decoded beforehand, so video decoding is not timed): detection, landmark tracking,
-motion extraction, keypoint math, warp, decode and paste-back. "sequential" is process() frame after frame (its
-latency is the frame's); "overlapped" runs track() of frame n+1 beside render() of frame n on two threads, as the
-live loop does on GPU backends.
+motion extraction, keypoint math, warp, decode and paste-back. "sequential" is process() frame after frame;
+"overlapped" runs track() of frame n+1 beside render() of frame n on two threads, as the live loop does on GPU
+backends; a frame's latency runs from the start of its track() to the end of its render(). GPU memory is what
+the whole device has in use with the backend open, after its run, less what it had before.
 """
 from __future__ import annotations
 
@@ -26,15 +33,21 @@ import numpy as np
 
 from bench.pipeline import DEFAULT_DRIVING, DEFAULT_SOURCE, media_default
 from engines.base import ModelLoadError, Runner
-from engines.trt import NoGpuError, find_gpu
 from engines.layout import NETWORK_ONNX
-from realtime.live_api import FrameResult, PipelinedProcessor
+from engines.trt import CudaRuntime, NoGpuError, TrtRunner, find_gpu
+from realtime.live_api import PipelinedProcessor
 
 BACKEND_NAMES = ("trt-fp16", "trt-fp32", "ort-cuda")
 #: the app backend and precision each benchmark backend's end-to-end numbers come from
 APP_BACKENDS = {"trt-fp16": ("tensorrt", "fp16"), "trt-fp32": ("tensorrt", "fp32"), "ort-cuda": ("cuda", "fp16")}
 NETWORKS = ("appearance_feature_extractor", "motion_extractor", "warping_module", "spade_generator")
 WARMUP = 10
+MIB = 2**20
+
+
+def graph_settings(backend: str) -> tuple[bool, ...]:
+    """The cuda_graph values a backend is measured with: both for TensorRT, none to choose for ONNX Runtime."""
+    return (False, True) if backend.startswith("trt") else (False,)
 
 
 def random_feeds(runner: Runner, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -51,20 +64,6 @@ def time_ms(call: Callable[[], Any], repeat: int) -> list[float]:
         call()
         samples.append((time.perf_counter() - start) * 1e3)
     return samples
-
-
-def open_runners(backend: str, models: Path, engines: Path) -> dict[str, Runner]:
-    if backend == "ort-cuda":
-        from engines.ort import OrtRunner
-
-        runners: dict[str, Runner] = {n: OrtRunner(models / NETWORK_ONNX[n], device="cuda") for n in NETWORKS}
-        if any(r.backend != "onnxruntime-cuda" for r in runners.values()):
-            raise ModelLoadError("ONNX Runtime fell back to the CPU; install onnxruntime-gpu with its CUDA libraries")
-        return runners
-    from engines.trt_build import open_trt_runner
-
-    precision = backend.split("-")[1]
-    return {n: open_trt_runner(models / NETWORK_ONNX[n], engines, precision) for n in NETWORKS}
 
 
 def load_frames(video: Path, count: int) -> list[np.ndarray]:
@@ -86,23 +85,116 @@ def load_frames(video: Path, count: int) -> list[np.ndarray]:
     return frames
 
 
-def overlapped_fps(processor: PipelinedProcessor, frames: list[np.ndarray], count: int) -> float:
-    """Frames per second with track() of frame n+1 running while render() of frame n runs on another thread."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench-render") as render:
-        pending: Future[FrameResult] | None = None
+def open_runners(backend: str, models: Path, engines: Path, cuda_graph: bool = False) -> dict[str, Runner]:
+    """The four big networks on a benchmark backend (OrtRunner refuses a CUDA session that fell back to the CPU)."""
+    opened: dict[str, Runner] = {}
+    try:
+        for name in NETWORKS:
+            if backend == "ort-cuda":
+                from engines.ort import OrtRunner
+
+                opened[name] = OrtRunner(models / NETWORK_ONNX[name], device="cuda")
+            else:
+                from engines.trt_build import open_trt_runner
+
+                precision = backend.split("-")[1]
+                opened[name] = open_trt_runner(models / NETWORK_ONNX[name], engines, precision, cuda_graph=cuda_graph)
+    except BaseException:
+        for runner in opened.values():
+            runner.close()
+        raise
+    return opened
+
+
+def device_call(runner: Runner, feeds: dict[str, np.ndarray], cuda: Any = None) -> tuple[Callable[[], Any], Callable[[], None]]:
+    """(one run with the inputs already on the device, returning its outputs left there, waited for; the release
+    of its device inputs). TensorRT: uploaded DeviceArrays, then enqueue and a stream wait with no copies. ONNX
+    Runtime: an I/O binding on the session's device. `cuda` is CudaRuntime (tests: a fake)."""
+    if isinstance(runner, TrtRunner):
+        from core.device_render import CudaUploads
+
+        uploads = CudaUploads(cuda if cuda is not None else CudaRuntime())
+        on_device = {name: uploads.upload(value, runner.stream) for name, value in feeds.items()}
+
+        def run_engine() -> dict[str, Any]:
+            outputs = runner.enqueue(on_device)
+            runner.fetch([])  # no outputs: only the wait for the stream
+            return outputs
+
+        return run_engine, uploads.clear
+    import onnxruntime as ort
+
+    session = runner.session
+    device = "cuda" if runner.backend == "onnxruntime-cuda" else "cpu"
+    binding = session.io_binding()
+    values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(feeds[s.name], s.dtype), device, 0) for s in runner.inputs]
+    for spec, value in zip(runner.inputs, values):
+        binding.bind_ortvalue_input(spec.name, value)
+    for spec in runner.outputs:
+        binding.bind_output(spec.name, device)
+
+    def run_session() -> list[Any]:
+        session.run_with_iobinding(binding)  # returns once the device work is done
+        return binding.get_outputs()
+
+    return run_session, binding.clear_binding_inputs
+
+
+def network_table(backend: str, models: Path, engines: Path, frames: int, cuda: Any = None) -> list[str]:
+    """Median milliseconds per network: host to host, on the device, and (TensorRT) on the device with graphs."""
+    rng = np.random.default_rng(0)
+    columns = ["host to host", "on the device"] + (["device, CUDA graph"] if True in graph_settings(backend) else [])
+    table: dict[str, list[float]] = {name: [] for name in NETWORKS}
+    for cuda_graph in graph_settings(backend):
+        runners = open_runners(backend, models, engines, cuda_graph)
+        try:
+            for name, runner in runners.items():
+                feeds = random_feeds(runner, rng)
+                if not cuda_graph:
+                    table[name].append(statistics.median(time_ms(lambda: runner.infer(feeds), frames)))
+                run, release = device_call(runner, feeds, cuda)
+                try:
+                    table[name].append(statistics.median(time_ms(run, frames)))
+                finally:
+                    release()
+        finally:
+            for runner in runners.values():
+                runner.close()
+    lines = [f"  {'per network, median ms':30s}" + "".join(f"{c:>20s}" for c in columns)]
+    lines += [f"  {name:30s}" + "".join(f"{ms:20.2f}" for ms in row) for name, row in table.items()]
+    lines.append(f"  {'sum':30s}" + "".join(f"{sum(col):20.2f}" for col in zip(*table.values())))
+    return lines
+
+
+def overlapped(processor: PipelinedProcessor, frames: list[np.ndarray], count: int) -> tuple[float, list[float]]:
+    """(frames per second, per-frame latency ms) with track() of frame n+1 running while render() of frame n runs
+    on another thread; a frame's latency is from the start of its track() to the end of its render()."""
+    latency: list[float] = []
+
+    def render(tracked: object, started: float) -> None:
+        processor.render(tracked)
+        latency.append((time.perf_counter() - started) * 1e3)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench-render") as pool:
+        pending: Future[None] | None = None
         start = time.perf_counter()
         for i in range(count):
+            started = time.perf_counter()
             tracked = processor.track(frames[i % len(frames)])
             if pending is not None:
                 pending.result()
-            pending = render.submit(processor.render, tracked)
+            pending = pool.submit(render, tracked, started)
         if pending is not None:
             pending.result()
-        return count / (time.perf_counter() - start)
+        return count / (time.perf_counter() - start), latency
+
+
+def _latency(samples: list[float]) -> str:
+    return f"latency p50 {statistics.median(samples):.2f} ms, p95 {float(np.percentile(samples, 95)):.2f} ms"
 
 
 def end_to_end(processor: PipelinedProcessor, portrait: np.ndarray, frames: list[np.ndarray], count: int) -> list[str]:
-    """The live processor's sequential latency and fps, and its overlapped fps, over `count` frames."""
+    """The live processor's sequential and overlapped fps and latency over `count` frames."""
     processor.set_source(portrait)
     for i in range(WARMUP):
         processor.process(frames[i % len(frames)])
@@ -111,39 +203,45 @@ def end_to_end(processor: PipelinedProcessor, portrait: np.ndarray, frames: list
         start = time.perf_counter()
         processor.process(frames[i % len(frames)])
         latency.append((time.perf_counter() - start) * 1e3)
-    p50, p95 = statistics.median(latency), float(np.percentile(latency, 95))
+    fps, overlapped_latency = overlapped(processor, frames, count)
     return [
-        f"  end to end, sequential: {1e3 / statistics.mean(latency):6.1f} fps, latency p50 {p50:.2f} ms, p95 {p95:.2f} ms",
-        f"  end to end, overlapped (track || render): {overlapped_fps(processor, frames, count):6.1f} fps",
+        f"  end to end, sequential: {1e3 / statistics.mean(latency):6.1f} fps, {_latency(latency)}",
+        f"  end to end, overlapped (track || render): {fps:6.1f} fps, {_latency(overlapped_latency)}",
     ]
 
 
-def bench_backend(backend: str, models: Path, engines: Path, frames: int) -> list[str]:
-    """Per-engine median milliseconds on random inputs of the right shapes."""
-    rng = np.random.default_rng(0)
-    runners = open_runners(backend, models, engines)
-    try:
-        lines = []
-        for name, runner in runners.items():
-            feeds = random_feeds(runner, rng)
-            ms = statistics.median(time_ms(lambda: runner.infer(feeds), frames))
-            lines.append(f"  {name:30s} {ms:8.2f} ms")
-        return lines
-    finally:
-        for runner in runners.values():
-            runner.close()
+class GpuMemory:
+    """Device memory in use, relative to what was in use when the benchmark started (CUDA's own context included
+    in the baseline: the first query creates it)."""
+
+    def __init__(self, cuda: Any = None) -> None:
+        self.cuda = cuda if cuda is not None else CudaRuntime()
+        self.cuda.memory_used()
+        self.baseline = self.cuda.memory_used()
+
+    def line(self, what: str) -> str:
+        return f"  GPU memory in use, {what}: {(self.cuda.memory_used() - self.baseline) / MIB:.0f} MiB"
 
 
-def bench_app(backend: str, models: Path, portrait: np.ndarray, driving: list[np.ndarray], frames: int) -> list[str]:
-    """End-to-end numbers of the live app on `backend`'s app backend and precision."""
-    from realtime.live import LiveProcessor
+def bench_app(
+    backend: str, models: Path, portrait: np.ndarray, driving: list[np.ndarray], frames: int, memory: GpuMemory
+) -> list[str]:
+    """End-to-end numbers of the live app on `backend`'s app backend and precision, with and (TensorRT) without
+    CUDA graphs; the GPU memory in use with the app open, after its run."""
     from core.animator import Animator
+    from realtime.live import LiveProcessor
 
-    processor = LiveProcessor(Animator(models, *APP_BACKENDS[backend]))
-    try:
-        return [f"  app backend: {processor.backend}", *end_to_end(processor, portrait, driving, frames)]
-    finally:
-        processor.close()
+    lines = []
+    for cuda_graph in graph_settings(backend):
+        app_backend, precision = APP_BACKENDS[backend]
+        processor = LiveProcessor(Animator(models, app_backend, precision, cuda_graph=cuda_graph))
+        try:
+            graphs = ", CUDA graphs" if cuda_graph else ""
+            lines += [f"  app backend: {processor.backend}{graphs}", *end_to_end(processor, portrait, driving, frames)]
+            lines.append(memory.line(f"app open{graphs}"))
+        finally:
+            processor.close()
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,15 +273,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     engines = args.engines or args.models / "engines"
-    print(f"{gpu.name} ({gpu.sm}, {gpu.memory_bytes / 2**30:.0f} GiB), {args.frames} frames per measurement")
+    memory = GpuMemory()
+    print(f"{gpu.name} ({gpu.sm}, {gpu.memory_bytes / 2**30:.0f} GiB), {args.frames} frames per measurement, "
+          f"portrait {portrait.shape[1]}x{portrait.shape[0]}, driving {driving[0].shape[1]}x{driving[0].shape[0]}")
     for backend in backends:
-        print(f"{backend}:")
-        for measure in (lambda: bench_backend(backend, args.models, engines, args.frames),
-                        lambda: bench_app(backend, args.models, portrait, driving, args.frames)):
+        print(f"{backend}:", flush=True)
+        for measure in (lambda: network_table(backend, args.models, engines, args.frames),
+                        lambda: bench_app(backend, args.models, portrait, driving, args.frames, memory)):
             try:
-                print("\n".join(measure()))
+                print("\n".join(measure()), flush=True)
             except (ModelLoadError, RuntimeError, OSError, ValueError) as exc:
-                print(f"  skipped: {exc}")
+                print(f"  skipped: {exc}", flush=True)
     return 0
 
 
