@@ -6,7 +6,7 @@ is interrupted (Ctrl+C, SIGKILL, a full disk) leaves the final name untouched: a
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -17,10 +17,17 @@ PARTIAL = ".partial"
 
 def partial_file(target: Path) -> Path:
     """A new empty file beside `target`, named after it and ending in its suffix (ffmpeg picks the container by the
-    ending). Beside, so the final rename never crosses a disk; a random part, so two writers never share one."""
-    handle, name = tempfile.mkstemp(dir=Path(target).parent, prefix=f"{Path(target).name}.", suffix=PARTIAL + Path(target).suffix)
-    os.close(handle)
-    return Path(name)
+    ending). Beside, so the final rename never crosses a disk; a random part, so two writers never share one;
+    created with the permissions the umask gives any new file (mkstemp's would leave outputs readable by the
+    owner only)."""
+    target = Path(target)
+    while True:
+        partial = target.with_name(f"{target.name}.{secrets.token_hex(4)}{PARTIAL}{target.suffix}")
+        try:
+            os.close(os.open(partial, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return partial
+        except FileExistsError:
+            continue
 
 
 def publish(partial: Path, target: Path, overwrite: bool) -> None:
