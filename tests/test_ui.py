@@ -8,15 +8,17 @@ import cv2
 import numpy as np
 import pytest
 
-pytest.importorskip("pytestqt")
-from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl  # noqa: E402
+from PySide6.QtCore import QMimeData, QPoint, QPointF, QRect, Qt, QUrl  # noqa: E402
 from PySide6.QtGui import QDropEvent  # noqa: E402
+from PySide6.QtWidgets import (  # noqa: E402
+    QAbstractButton, QAbstractSpinBox, QApplication, QComboBox, QLabel, QListWidget, QScrollArea, QSlider, QTabBar,
+    QWidget,
+)
 
 from engines.layout import DOWNLOAD_COMMAND, ModelsMissingError  # noqa: E402
 from realtime.live_api import FakeProcessor  # noqa: E402
 from core.options import ProcessOptions  # noqa: E402
-from tests.test_vcam import FakeCam  # noqa: E402
-from ui.main_window import MainWindow  # noqa: E402
+from ui.main_window import RECORD_IDLE, RECORD_ON, MainWindow  # noqa: E402
 from ui.settings import Settings  # noqa: E402
 
 WAIT_MS = 15000
@@ -44,11 +46,11 @@ def video(media_dir: Path) -> str:
 
 
 @pytest.fixture
-def make_window(qtbot, tmp_path: Path, video: str):
+def make_window(qtbot, tmp_path: Path, video: str, fake_cam):
     def make(factory: Factory | None = None, camera: str | None = None, **kwargs) -> MainWindow:
         window = MainWindow(
             factory or Factory(), tmp_path / "models", "cpu", tmp_path / "config" / "settings.json",
-            camera=camera or video, vcam_backend=kwargs.pop("vcam_backend", FakeCam.open), **kwargs,
+            camera=camera or video, vcam_backend=kwargs.pop("vcam_backend", fake_cam.open), **kwargs,
         )
         qtbot.addWidget(window)
         window.show()
@@ -80,7 +82,8 @@ def test_every_control_reaches_the_processor(qtbot, make_window, media_dir: Path
         "lip_retargeting_multiplier": 0.5, "stitching": False, "relative": False, "animation_region": "exp",
         "driving_multiplier": 0.5,
     }
-    assert set(changes) | {"onnx_device"} == set(ProcessOptions.names())
+    assert set(changes) == set(window.option_widgets)
+    assert set(ProcessOptions.names()) - set(changes) <= {"onnx_device", "edit"}  # the device tab, the edit's own
     for name, value in changes.items():
         widget = window.option_widgets[name]
         if isinstance(value, str):
@@ -194,7 +197,7 @@ def test_virtual_camera_on_off_and_unavailable(qtbot, make_window, media_dir: Pa
     window.vcam_check.setChecked(False)
     assert cam.closed and window.vcam is None
 
-    def missing(w: int, h: int, fps: float) -> FakeCam:
+    def missing(w: int, h: int, fps: float) -> None:
         raise RuntimeError("no device")
 
     window.vcam_backend = missing
@@ -209,6 +212,7 @@ def test_recording_never_overwrites_silently(qtbot, make_window, media_dir: Path
     out = tmp_path / "take.mp4"
     window.start_recording(out)
     recorder = window.recorder
+    assert window.record_button.text() == RECORD_ON and window.record_button.isChecked()
     qtbot.waitUntil(lambda: recorder.frames >= 5, timeout=WAIT_MS)
     window.stop_recording()
     assert out.stat().st_size > 0 and window.record_status.text().startswith("saved ")
@@ -245,7 +249,7 @@ def test_screenshot_grabs_the_running_window(qtbot, tmp_path: Path, media_dir: P
 
     out = take_screenshot(tmp_path / "shot.png", media=media_dir, frames=5)
     image = cv2.imread(str(out))
-    assert image.shape == (760, 1280, 3)
+    assert image.shape == (720, 1280, 3)
     assert image.std() > 20  # the previews are drawn, not a blank window
 
 
@@ -276,7 +280,7 @@ def test_a_recording_that_fails_is_switched_off_in_the_window(qtbot, make_window
 
     recorder.send = disk_full
     qtbot.waitUntil(lambda: window.recorder is None, timeout=WAIT_MS)
-    assert window.record_button.text() == "Record to file..."
+    assert window.record_button.text() == RECORD_IDLE and not window.record_button.isChecked()
     assert window.record_status.text().startswith("stopped after ") and "No space left on device" in window.record_status.text()
     assert "No space left on device" in window.messages["outputs"]
     flowing(qtbot, window)  # the preview goes on
@@ -296,3 +300,120 @@ def test_keyboard_shortcuts_recalibrate_and_mirror(qtbot, make_window, media_dir
     assert window.mirror_check.isChecked()
     qtbot.waitUntil(lambda: window.loop.mirror and processor.recalibrations == 2, timeout=WAIT_MS)
     assert window.recalibrate_button.toolTip().endswith("(Ctrl+R)") and window.mirror_check.toolTip().endswith("(Ctrl+M)")
+
+
+CONTROLS = (QAbstractButton, QComboBox, QAbstractSpinBox, QSlider, QListWidget, QTabBar)
+
+
+def outside_controls(window: MainWindow) -> list[str]:
+    """Every visible control, on every tab, that does not lie wholly inside the window and inside the visible part
+    of the scroll area it sits in (so nothing needs scrolling to be reached)."""
+    bad = []
+    for tab in range(window.sections.count()):
+        window.sections.setCurrentIndex(tab)
+        QApplication.processEvents()
+        for widget in window.findChildren(QWidget):
+            if not isinstance(widget, CONTROLS) or not widget.isVisible():
+                continue
+            rect = QRect(widget.mapTo(window, QPoint(0, 0)), widget.size())
+            inside = window.rect().contains(rect)
+            scroll = widget.parent()
+            while scroll is not None and not isinstance(scroll, QScrollArea):
+                scroll = scroll.parent()
+            if scroll is not None and scroll is not widget:
+                viewport = scroll.viewport()
+                inside &= QRect(viewport.mapTo(window, QPoint(0, 0)), viewport.size()).contains(rect)
+            if not inside:
+                bad.append(f"{window.sections.tabText(tab)}: {type(widget).__name__} {widget.text() if hasattr(widget, 'text') else ''} {rect}")
+    return bad
+
+
+def test_every_control_is_inside_the_window_at_1280x720(qtbot, make_window, media_dir: Path) -> None:
+    window = make_window(portrait=media_dir / "portraits" / "s0.jpg")
+    window.resize(1280, 720)
+    window.set_message("portrait", "a long message " * 30)  # the banner must not push anything out either
+    flowing(qtbot, window)
+    long = "processor: a very long backend reason that once widened the window past the screen " * 5
+    window.backend_label.setText(long)
+    window.status_line.setText(long)
+    assert (window.width(), window.height()) == (1280, 720)
+    assert [window.sections.tabText(i) for i in range(window.sections.count())][:4] == [
+        "Camera", "Portrait", "Animation", "Output"
+    ]
+    assert outside_controls(window) == []
+    assert window.backend_label.minimumSizeHint().width() == 0 and window.backend_label.toolTip() == long
+    assert "dropped A+B" in window.readout.toolTip()
+
+
+def test_the_window_remembers_its_geometry(qtbot, make_window, tmp_path: Path) -> None:
+    window = make_window()
+    assert (window.width(), window.height()) == (1280, 720)  # the first start
+    window.resize(790, 610)  # within the offscreen test screen (800x800): Qt keeps a restored window on screen
+    window.move(5, 7)
+    window.close()
+    again = make_window()
+    assert (again.width(), again.height()) == (790, 610)
+
+
+class Resolved:
+    """A processor that is not the stand-in (it wraps one for the frames) made by the real models-folder resolution."""
+
+    def __init__(self, models_dir: Path | None, backend: str) -> None:
+        from engines.settings import resolve_models_dir
+
+        self.folder = resolve_models_dir(models_dir)
+        self.inner = FakeProcessor()
+        self.backend = f"models from {self.folder}"
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("path", ["--models", "$LIVEPORTRAIT_MODELS", "saved setting", "./models"])
+def test_no_demo_banner_whichever_way_the_models_were_found(
+    qtbot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    from engines.layout import MODEL_FILES
+
+    models = tmp_path / "models"
+    models.mkdir()
+    for name in MODEL_FILES.values():
+        (models / name).write_bytes(b"")
+    monkeypatch.setenv("LIVEPORTRAIT_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.delenv("LIVEPORTRAIT_MODELS", raising=False)
+    (tmp_path / "config").mkdir()
+    monkeypatch.chdir(tmp_path if path == "./models" else tmp_path / "config")  # ./models only where it is meant
+    if path == "$LIVEPORTRAIT_MODELS":
+        monkeypatch.setenv("LIVEPORTRAIT_MODELS", str(models))
+    elif path == "saved setting":
+        (tmp_path / "config" / "settings.json").write_text(json.dumps({"models_dir": str(models)}))
+    window = MainWindow(Resolved, models if path == "--models" else None, "cpu", tmp_path / "config" / "window.json",
+                        camera=str(tmp_path / "none.mp4"))
+    qtbot.addWidget(window)
+    loaded(qtbot, window)
+    assert window.processor is not None and Path(window.processor.folder).resolve() == models.resolve()
+    assert "models" not in window.messages and not window.models_panel.isVisibleTo(window)
+
+
+def test_first_run_panel_explains_and_rechecks_without_a_restart(qtbot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from engines.layout import MODEL_FILES
+
+    monkeypatch.setenv("LIVEPORTRAIT_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.delenv("LIVEPORTRAIT_MODELS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    window = MainWindow(Resolved, None, "cpu", tmp_path / "window.json", camera=str(tmp_path / "none.mp4"))
+    qtbot.addWidget(window)
+    window.show()
+    loaded(qtbot, window)
+    assert window.processor is None and window.models_panel.isVisible()
+    panel_text = " ".join(label.text() for label in window.models_panel.findChildren(QLabel))
+    assert "pip install -r requirements-export.txt" in panel_text and "python -m export onnx" in panel_text
+    models = tmp_path / "made"
+    models.mkdir()
+    for name in MODEL_FILES.values():
+        (models / name).write_bytes(b"")
+    window.use_models_dir(models)  # what "Choose models folder..." does with the folder picked
+    loaded(qtbot, window)
+    assert window.processor is not None and not window.models_panel.isVisible() and "models" not in window.messages
+    saved = json.loads((tmp_path / "config" / "settings.json").read_text())
+    assert saved["models_dir"] == str(models.resolve())  # remembered for the next start

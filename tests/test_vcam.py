@@ -10,37 +10,14 @@ from realtime.frames import LiveFrame
 from realtime.vcam import VirtualCameraUnavailable, VirtualCamSink, install_hint
 
 
-class FakeCam:
-    """Same interface as pyvirtualcam.Camera; keeps the frames it was sent."""
-
-    def __init__(self, width: int, height: int, fps: float) -> None:
-        self.width, self.height, self.fps, self.device = width, height, fps, "fake0"
-        self.sent: list[np.ndarray] = []
-        self.closed = False
-
-    @classmethod
-    def open(cls, width: int, height: int, fps: float) -> "FakeCam":
-        return cls(width, height, fps)
-
-    def send(self, frame: np.ndarray) -> None:
-        assert frame.shape == (self.height, self.width, 3) and frame.dtype == np.uint8
-        self.sent.append(frame)
-
-    def sleep_until_next_frame(self) -> None:
-        pass
-
-    def close(self) -> None:
-        self.closed = True
-
-
 def live(output: np.ndarray | None) -> LiveFrame:
     return LiveFrame(np.zeros((4, 4, 3), np.uint8), FrameResult(output), 0.0, 0)
 
 
-def test_portrait_letterboxed_centered_rgb() -> None:
+def test_portrait_letterboxed_centered_rgb(fake_cam) -> None:
     portrait = np.zeros((512, 256, 3), np.uint8)
     portrait[..., 0] = 200  # pure red in RGB
-    sink = VirtualCamSink(fps=25.0, backend=FakeCam.open)
+    sink = VirtualCamSink(fps=25.0, backend=fake_cam.open)
     cam = sink.cam
     assert (cam.width, cam.height, cam.fps) == (1280, 720, 25.0)
     sink.send(live(portrait))
@@ -64,7 +41,7 @@ def test_letterbox_wide_image_gets_top_bottom_bars() -> None:
 
 
 def test_no_device_message_names_install_steps(monkeypatch: pytest.MonkeyPatch) -> None:
-    def missing(w: int, h: int, fps: float) -> FakeCam:
+    def missing(w: int, h: int, fps: float) -> None:
         raise RuntimeError("'v4l2loopback' backend: No v4l2 loopback device found at /dev/video[0-99].")
 
     monkeypatch.setattr("sys.platform", "linux")
