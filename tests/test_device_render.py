@@ -317,3 +317,48 @@ def test_the_cuda_graph_option_reaches_the_tensorrt_runners_and_is_off_by_defaul
         assert {graphed[Path(file).stem][1] for file in NETWORK_ONNX.values()} == {expected}
         assert graphed["crop_20x30"] == ("fp32", expected)
     assert built == [("paste_40x60.onnx", "fp32", device_render.log.warning)] * 2
+
+
+@pytest.fixture(scope="session")
+def ort_cuda() -> None:
+    """Skips, with the reason in the user's terms, unless ONNX Runtime's CUDA provider really starts here."""
+    from engines import select
+
+    if "CUDAExecutionProvider" not in select.probe_ort_providers():
+        pytest.skip(f"needs ONNX Runtime's CUDA provider, which did not start: {select.probe_ort_cuda_problem()}")
+
+
+#: what ONNX Runtime CUDA may differ from its CPU run by (cuDNN's algorithms and TF32 convolutions, which round
+#: their inputs to a 10-bit mantissa): keypoints and features in absolute terms, pictures in uint8 levels. The FP16
+#: rewrite of these networks on the CPU, which rounds more, stays inside: kp 1.0e-3, f_s 1.7e-4, crop max 5 / mean
+#: 0.29 / 99.9 % within 2 levels.
+CUDA_TOLERANCE = {"kp": 5e-3, "f_s": 2e-3, "max_levels": 8, "mean_levels": 1.0, "within_2": 0.99}
+
+
+def compare_renders(cpu: Animator, other: Animator, image: np.ndarray) -> None:
+    """`other` gives `cpu`'s numbers within CUDA_TOLERANCE: the networks on the same crop, and the animated crop and
+    pasted frame of the same source and driving keypoints."""
+    src = cpu.prepare_source(image, ProcessOptions())
+    np.testing.assert_allclose(other.nets.motion(src.crop.img_256).kp, src.info.kp, atol=CUDA_TOLERANCE["kp"])
+    np.testing.assert_allclose(other.nets.features(src.crop.img_256), src.f_s, atol=CUDA_TOLERANCE["f_s"])
+    x_d = src.x_s + np.random.default_rng(0).normal(0, 0.01, src.x_s.shape).astype(np.float32)
+    for want, got in zip(cpu.render(src, x_d), other.render(src, x_d)):
+        levels = np.abs(got.astype(int) - want)
+        assert got.shape == want.shape and levels.max() <= CUDA_TOLERANCE["max_levels"]
+        assert levels.mean() < CUDA_TOLERANCE["mean_levels"] and (levels <= 2).mean() >= CUDA_TOLERANCE["within_2"]
+
+
+@pytest.mark.gpu
+def test_onnxruntime_cuda_animator_matches_the_cpu_animator(ort_cuda, reduced_models: Path, animator: Animator) -> None:
+    """`--backend cuda`: every session really runs on CUDAExecutionProvider (no silent CPU fallback), and the frames
+    are the CPU's within CUDA_TOLERANCE. The portrait is seeded noise, in which the reduced test face models find
+    a face: no shared media needed on a GPU machine."""
+    image = np.random.default_rng(7).integers(0, 256, (480, 400, 3), dtype=np.uint8)
+    gpu_animator = Animator(reduced_models, "cuda")
+    try:
+        assert gpu_animator.backend == "onnxruntime-cuda" and len(gpu_animator.runners) == 10
+        for runner in gpu_animator.runners:
+            assert runner.session.get_providers()[0] == "CUDAExecutionProvider", runner.path.name
+        compare_renders(animator, gpu_animator, image)
+    finally:
+        gpu_animator.close()
