@@ -54,6 +54,40 @@ def rtx() -> ModuleType:
     return dev_module("tensorrt_rtx", "tensorrt-rtx")
 
 
+#: ONNX tensor element types by TensorRT's name for them
+ONNX_TO_TRT_DTYPE = {1: "FLOAT", 2: "UINT8", 6: "INT32", 7: "INT64", 10: "HALF"}
+
+
+def _onnx_io(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return {
+        v.name: (ONNX_TO_TRT_DTYPE[v.type.tensor_type.elem_type], tuple(d.dim_value for d in v.type.tensor_type.shape.dim))
+        for v in [*graph.input, *graph.output]
+    }
+
+
+@pytest.fixture(scope="session")
+def onnx_io() -> Callable[[Path], dict[str, tuple[str, tuple[int, ...]]]]:
+    """ONNX path -> name -> (TensorRT's dtype name, shape) of its graph inputs and outputs, to compare with rtx_io."""
+    return _onnx_io
+
+
+@pytest.fixture(scope="session")
+def rtx_io(rtx: ModuleType) -> Callable[[Path, str], dict[str, tuple[str, tuple[int, ...]]]]:
+    """(ONNX path, precision) -> name -> (dtype name, shape) of the inputs and outputs of the network TensorRT-RTX
+    parses from it (after the FP16 rewrite for "fp16"): what an engine built from it takes and gives."""
+    from engines.trt_build import _model_bytes, parse_onnx
+
+    def io(path: Path, precision: str = "fp32") -> dict[str, tuple[str, tuple[int, ...]]]:
+        _, network, _ = parse_onnx(rtx, _model_bytes(path, precision), path.name)
+        tensors = [*map(network.get_input, range(network.num_inputs)), *map(network.get_output, range(network.num_outputs))]
+        return {t.name: (t.dtype.name, tuple(t.shape)) for t in tensors}
+
+    return io
+
+
 @pytest.fixture(scope="session")
 def cuda_runtime() -> ModuleType:
     """NVIDIA cuda-python's runtime bindings (they import without a GPU)."""

@@ -118,17 +118,11 @@ def test_write_image_op_names_files_by_size_and_keeps_identical_files(tmp_path: 
         write_image_op(tmp_path, "blend", 72, 128)
 
 
-@pytest.fixture(scope="module")
-def rtx():
-    return pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx is not installed (pip install tensorrt-rtx)")
+def test_tensorrt_rtx_parses_and_builds_both_graphs(rtx, rtx_io, onnx_io, tmp_path: Path) -> None:
+    from engines.trt_build import build_plan
 
-
-def test_tensorrt_rtx_parses_and_builds_both_graphs(rtx, tmp_path: Path) -> None:
-    from engines.trt_build import build_plan, parse_onnx
-
-    for model in (crop_graph(720, 1280), paste_graph(720, 1280)):
-        _, network, _ = parse_onnx(rtx, model.SerializeToString(), model.graph.name)
-        io = {network.get_input(i).name: network.get_input(i).dtype.name for i in range(network.num_inputs)}
-        assert io["image"] == "UINT8" and io["theta"] == "FLOAT"
+    for path in (write_image_op(tmp_path, kind, 720, 1280) for kind in ("crop", "paste")):
+        io = rtx_io(path)
+        assert io == onnx_io(path) and io["image"] == ("UINT8", (1, 720, 1280, 3)) and io["theta"][0] == "FLOAT"
     for path in (write_image_op(tmp_path, kind, 36, 64) for kind in ("crop", "paste")):
-        assert len(build_plan(rtx, path, "fp32", progress=False)) > 0
+        build_plan(rtx, path, "fp32", progress=False)  # TrtBuildError when TensorRT cannot build it

@@ -256,11 +256,10 @@ def test_a_missing_engine_file_says_how_to_build_it(tmp_path: Path, cuda: FakeCu
         TrtRunner(tmp_path / "none.engine", cuda=cuda, trt=FakeTrt(cuda))
 
 
-def test_open_trt_runner_rebuilds_an_engine_that_fails_to_deserialise(tmp_path: Path, cuda: FakeCuda) -> None:
+def test_open_trt_runner_rebuilds_an_engine_that_fails_to_deserialise(rtx, tmp_path: Path, cuda: FakeCuda) -> None:
     from engines import trt_build
     from tests.test_trt_build import save, warp_like
 
-    rtx = pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx is not installed (pip install tensorrt-rtx)")
     onnx_path = save(warp_like(), tmp_path / "spade_generator.onnx")
     cache, log, gpu = tmp_path / "engines", [], GpuInfo("Test GPU", (8, 6))
     trt_build.ensure_engine(onnx_path, cache, "fp16", log.append, trt=rtx, gpu=gpu)
@@ -480,11 +479,10 @@ def test_tensorrt_engine_matches_onnxruntime(real_gpu, tmp_path: Path, precision
             np.testing.assert_allclose(got, expected, atol=tolerance)
 
 
-def test_the_pinned_cuda_python_takes_every_call_and_no_gpu_is_explained() -> None:
+def test_the_pinned_cuda_python_takes_every_call_and_no_gpu_is_explained(cuda_runtime) -> None:
     """The real cuda-python of requirements (not a fake): every runtime call CudaRuntime makes exists, each method
     reaches CUDA with arguments of the types it accepts, and on a machine without a driver the failure is CUDA's
     own error code, which find_gpu turns into the user's reason."""
-    runtime = pytest.importorskip("cuda.bindings.runtime", reason="cuda-python is not installed (requirements-dev.txt)")
     import cuda.bindings
 
     assert cuda.bindings.__version__.split(".")[0] == "13"  # requirements-gpu.txt pins cuda-python 13
@@ -495,17 +493,17 @@ def test_the_pinned_cuda_python_takes_every_call_and_no_gpu_is_explained() -> No
     else:
         pytest.skip(f"this machine has a GPU ({gpu.name}): the no-driver path cannot be seen here (the gpu tests run)")
     names = set(re.findall(r'_call\("(\w+)"', inspect.getsource(CudaRuntime) + inspect.getsource(find_gpu)))
-    assert len(names) == 17 and {name for name in names if not hasattr(runtime, name)} == set()
+    assert len(names) == 17 and {name for name in names if not hasattr(cuda_runtime, name)} == set()
     calls = {
         "device": (0,), "memory_used": (), "malloc": (16,), "free": (0,), "malloc_host": (16,), "free_host": (0,),
         "copy_htod": (0, 0, 4, 0), "copy_dtoh": (0, 0, 4, 0), "stream_create": (), "stream_sync": (0,),
         "stream_destroy": (0,), "capture_begin": (0,), "capture_end": (0,), "graph_launch": (0, 0), "graph_destroy": (0,),
     }
     assert set(calls) == {name for name in vars(CudaRuntime) if not name.startswith("_")}
-    cuda_runtime = CudaRuntime()
+    ours = CudaRuntime()
     for method, args in calls.items():
         with pytest.raises(CudaError) as caught:
-            getattr(cuda_runtime, method)(*args)
+            getattr(ours, method)(*args)
         assert caught.value.code in NO_GPU_REASONS, (method, str(caught.value))
     assert no_gpu in NO_GPU_REASONS.values()
 
