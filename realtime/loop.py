@@ -380,12 +380,16 @@ class LiveLoop:
         with self.lock:
             s = LiveStats(**{**self.stats_.__dict__, "timings": dict(self.stats_.timings)})
             latencies = np.array(self.latencies) if self.latencies else None
-            times = [t for t in self.out_times if t >= time.monotonic() - FPS_WINDOW_S]
+            now = time.monotonic()
+            times = [t for t in self.out_times if t >= now - FPS_WINDOW_S]
+            last_two = list(self.out_times)[-2:]
         s.dropped_capture, s.dropped_output = self.captured_q.dropped, self.output_q.dropped
         if latencies is not None:
             s.latency_p50_ms, s.latency_p95_ms = (float(v) for v in np.percentile(latencies, [50, 95]))
         if len(times) > 1 and times[-1] > times[0]:
             s.fps = (len(times) - 1) / (times[-1] - times[0])
+        elif len(last_two) == 2:  # under 1 frame per window (a CPU): the last interval, or the wait since if longer
+            s.fps = 1.0 / max(last_two[1] - last_two[0], now - last_two[1], 1e-6)
         s.camera_status = self.source.status
         return s
 

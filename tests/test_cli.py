@@ -52,10 +52,10 @@ def test_headless_live_without_an_output_is_refused_in_one_line(capsys: pytest.C
 def test_the_window_without_a_display_is_one_line(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from PySide6.QtWidgets import QApplication
+    import ui.app
 
-    if QApplication.instance() is not None:
-        pytest.skip("a Qt application already runs in this process (the check only guards the first one)")
+    # as in a fresh process: no Qt application yet (an earlier test may have made one in this process)
+    monkeypatch.setattr(ui.app.QApplication, "instance", staticmethod(lambda: None))
     for name in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr("sys.platform", "linux")
@@ -168,3 +168,21 @@ def test_config_dir_follows_the_platform(tmp_path: Path, monkeypatch: pytest.Mon
     assert config_dir() == tmp_path / "xdg" / "liveportrait-rt"
     monkeypatch.setenv("LIVEPORTRAIT_CONFIG_DIR", str(tmp_path / "mine"))
     assert config_dir() == tmp_path / "mine"
+
+
+def test_a_slow_live_loop_reads_seconds_per_frame_not_zero_fps(monkeypatch: pytest.MonkeyPatch) -> None:
+    import realtime.loop as loop_module
+    from realtime.live_api import FakeProcessor
+    from tests.test_loop import SyntheticCamera
+
+    loop = loop_module.LiveLoop(FakeProcessor(), SyntheticCamera(0.0), [])  # never started: the clock is ours
+    now = [100.0]
+    monkeypatch.setattr(loop_module.time, "monotonic", lambda: now[0])
+    loop.out_times.extend([80.0, 91.7])  # one frame per 11.7 s, as the official-size models on a CPU
+    now[0] = 92.0
+    assert loop.stats().line().startswith("12 s/frame | ")
+    now[0] = 120.0  # nothing for 28 s since: the readout slows down with it rather than keep an old figure
+    assert loop.stats().line().startswith("28 s/frame | ")
+    loop.out_times.extend([120.0 + i / 25 for i in range(1, 40)])  # then 25 fps
+    now[0] = 121.6
+    assert loop.stats().line().startswith("25 fps | ")

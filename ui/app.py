@@ -45,7 +45,6 @@ def make_window(
     window = MainWindow(
         processor_factory, models_dir, backend, settings_path or default_settings_path(), **window_options
     )
-    window.resize(1280, 760)
     window.show()
     return app, window  # type: ignore[return-value]
 

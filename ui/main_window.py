@@ -1,4 +1,6 @@
-"""The live window: camera and portrait pickers, every animation option, side-by-side preview, outputs.
+"""The live window: the animated portrait large with the camera as a picture-in-picture, big Virtual camera and
+Record toggles under it, the controls in tabs (Camera, Portrait, Animation, Output) on the right, fps / latency /
+backend in the status bar. It fits 1280x720 and scales up; a first-run panel explains how to get the models.
 
 The window never touches the networks: it drives a `LiveLoop` (realtime/loop.py) and shows what its preview
 sink delivers. Frames arrive on the loop's output thread; only the newest is handed to the Qt thread, so a busy
@@ -15,15 +17,18 @@ from typing import Callable
 
 import cv2
 import numpy as np
-from PySide6.QtCore import QObject, QSize, Qt, QTimer, Signal
-from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDropEvent, QIcon, QImage, QKeySequence, QPixmap, QShortcut
+from PySide6.QtCore import QByteArray, QObject, QSize, Qt, QTimer, Signal
+from PySide6.QtGui import (
+    QCloseEvent, QDragEnterEvent, QDropEvent, QIcon, QImage, QKeySequence, QPainter, QPaintEvent, QPixmap,
+    QResizeEvent, QShortcut,
+)
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
-    QGroupBox,
+    QFrame,
     QHBoxLayout,
     QLabel,
     QListWidget,
@@ -31,21 +36,24 @@ from PySide6.QtWidgets import (
     QMainWindow,
     QPushButton,
     QScrollArea,
+    QSizePolicy,
     QSlider,
     QSpinBox,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
 
 from realtime.camera import CameraError, FrameSource, list_cameras, open_camera
 from core.images import ImageInputError, load_image
-from engines.layout import DOWNLOAD_COMMAND
+from engines.layout import DOWNLOAD_COMMAND, ModelsMissingError
+from engines.settings import remember_models_dir
 from realtime.frames import LiveFrame
-from realtime.live_api import BACKENDS, FrameProcessor, ProcessorFactory, load_error_message
-from realtime.loop import CallbackSink, LiveLoop
+from realtime.live_api import BACKENDS, FakeProcessor, FrameProcessor, ProcessorFactory, load_error_message
+from realtime.loop import DROPPED_HELP, CallbackSink, LiveLoop
 from core.options import ANIMATION_REGIONS, OPTION_RANGES, ProcessOptions
 from realtime.record import Recorder
-from render.outputs import RecordError
+from render.outputs import RecordError, plural
 from realtime.vcam import CameraBackend, VirtualCameraUnavailable, VirtualCamSink
 from ui.settings import Settings, same_kind
 
@@ -68,8 +76,75 @@ REGION_HINTS = {
     "eyes": "eyes only",
 }
 RESOLUTIONS = ("640x480", "1280x720", "1920x1080")
+#: the window's size on first start; later starts restore the last one
+DEFAULT_SIZE = QSize(1280, 720)
+#: width of the controls panel on the right
+PANEL_WIDTH = 380
+RECORD_IDLE, RECORD_ON = "\u25cf  Record...", "\u25a0  Stop recording"
+DEMO_MESSAGE = f"No models configured: showing a demo. To animate for real run: {DOWNLOAD_COMMAND}"
+#: the first-run panel: how to get the models, in the order a new user needs it
+FIRST_RUN_TEXT = (
+    "<b>No models yet.</b> Make them once (needs the export tools; a CPU-only torch is enough):<br>"
+    "<code>pip install -r requirements-export.txt --extra-index-url https://download.pytorch.org/whl/cpu</code><br>"
+    f"<code>{DOWNLOAD_COMMAND.replace(' && ', '<br>')}</code><br>"
+    "then choose the models folder here, or click Check again."
+)
+TOGGLE_STYLE = (
+    "QPushButton { font-size: 15px; font-weight: bold; padding: 8px 16px; min-height: 30px; }"
+    "QPushButton:checked { background: %s; color: white; }"
+)
 IMAGE_FILTER = "Images (*.jpg *.jpeg *.png *.bmp *.webp)"
 VIDEO_FILTER = "Videos (*.mp4 *.avi *.mov *.mkv *.webm)"
+
+
+class ElidedLabel(QLabel):
+    """One line that never widens the window: too long a text ends in '...', and the whole of it is the tooltip."""
+
+    def __init__(self, text: str = "", tooltip_extra: str = "") -> None:
+        super().__init__()
+        self.tooltip_extra = tooltip_extra
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.setText(text)
+
+    def setText(self, text: str) -> None:  # noqa: N802 (Qt's name)
+        super().setText(text)
+        self.setToolTip("\n\n".join(t for t in (text, self.tooltip_extra) if t))
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802
+        return QSize(0, super().minimumSizeHint().height())
+
+    def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802
+        painter = QPainter(self)
+        rect = self.contentsRect()
+        text = self.fontMetrics().elidedText(self.text(), Qt.TextElideMode.ElideRight, rect.width())
+        painter.drawText(rect, int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter), text)
+
+
+class PreviewArea(QWidget):
+    """The animated portrait filling the area, the camera small in its bottom-right corner (picture-in-picture)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.output_view, self.camera_view = QLabel("choose a portrait", self), QLabel("camera", self)
+        self.output_view.setStyleSheet("background:#202020; color:#bbbbbb;")
+        self.camera_view.setStyleSheet("background:#101010; color:#bbbbbb; border:2px solid #606060;")
+        for view in (self.output_view, self.camera_view):
+            view.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.setMinimumSize(320, 240)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802
+        w, h = self.width(), self.height()
+        self.output_view.setGeometry(0, 0, w, h)
+        pip_w = max(w // 4, 120)
+        pip_h = pip_w * 3 // 4
+        self.camera_view.setGeometry(w - pip_w - 8, h - pip_h - 8, pip_w, pip_h)
+        self.camera_view.raise_()
+
+
+def saved_options(options: ProcessOptions) -> dict[str, object]:
+    """The options worth keeping in window.json: the plain values (the device is chosen anew, an edit is not JSON)."""
+    return {k: v for k, v in options.__dict__.items() if k != "onnx_device" and isinstance(v, (bool, int, float, str))}
 
 
 def to_pixmap(image_rgb: np.ndarray, size: QSize) -> QPixmap:
@@ -111,7 +186,7 @@ class MainWindow(QMainWindow):
         self.vcam_backend = vcam_backend
         self.settings = Settings.load(settings_path)
         if options is not None:
-            self.settings.options = {k: v for k, v in options.__dict__.items() if k != "onnx_device"}
+            self.settings.options = saved_options(options)
         if mirror is not None:
             self.settings.mirror = mirror
         self.loop: LiveLoop | None = None
@@ -121,6 +196,7 @@ class MainWindow(QMainWindow):
         self.recorder: Recorder | None = None
         self.messages: dict[str, str] = {}
         self.frames_shown = 0
+        self.frames_animated = 0  # of those, frames with an animated portrait (not only the camera)
         self.last_frame: LiveFrame | None = None
         self._latest: LiveFrame | None = None
         self._pending = False
@@ -142,56 +218,97 @@ class MainWindow(QMainWindow):
             self.load_portrait(Path(self.settings.recent_portraits[0]))
         if virtual_cam:
             self.vcam_check.setChecked(True)
+        if not (self.settings.geometry and self.restoreGeometry(QByteArray.fromBase64(self.settings.geometry.encode()))):
+            self.resize(DEFAULT_SIZE)
         self.readout_timer = QTimer(self)
         self.readout_timer.timeout.connect(self._update_readout)
         self.readout_timer.start(500)
 
     # -- layout -------------------------------------------------------------------------------------------------
     def _build(self, backend: str) -> None:
-        controls = QVBoxLayout()
-        controls.addWidget(self._camera_group())
-        controls.addWidget(self._portrait_group())
-        controls.addWidget(self._options_group(backend))
-        controls.addWidget(self._output_group())
-        controls.addStretch(1)
-        panel = QWidget()
-        panel.setLayout(controls)
-        scroll = QScrollArea()
-        scroll.setWidget(panel)
-        scroll.setWidgetResizable(True)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        scroll.setMinimumWidth(panel.sizeHint().width() + 24)
-
         self.banner = QLabel()
         self.banner.setWordWrap(True)
         self.banner.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.banner.setStyleSheet("background:#fff3cd; color:#5c4400; padding:6px; border:1px solid #e0c060;")
         self.banner.hide()
-        self.camera_view, self.output_view = QLabel("camera"), QLabel("choose a portrait")
-        for view in (self.camera_view, self.output_view):
-            view.setMinimumSize(360, 360)
-            view.setAlignment(Qt.AlignmentFlag.AlignCenter)
-            view.setStyleSheet("background:#202020; color:#bbbbbb;")
-        views = QHBoxLayout()
-        views.addWidget(self.camera_view, 1)
-        views.addWidget(self.output_view, 1)
-        self.status_line = QLabel()
-        self.readout = QLabel("starting")
-        self.backend_label = QLabel()
-        right = QVBoxLayout()
-        right.addWidget(self.banner)
-        right.addLayout(views, 1)
-        right.addWidget(self.status_line)
-        right.addWidget(self.readout)
-        right.addWidget(self.backend_label)
+        self.preview = PreviewArea()
+        self.camera_view, self.output_view = self.preview.camera_view, self.preview.output_view
+        self.status_line = ElidedLabel()
+        left = QVBoxLayout()
+        left.addWidget(self.banner)
+        left.addWidget(self._models_panel())
+        left.addWidget(self.preview, 1)
+        left.addWidget(self.status_line)
+        left.addLayout(self._toggles())
+
+        self.sections = QTabWidget()
+        self.sections.setFixedWidth(PANEL_WIDTH)
+        self.add_section("Camera", self._camera_group())
+        self.add_section("Portrait", self._portrait_group())
+        self.add_section("Animation", self._options_group())
+        self.add_section("Output", self._output_group(backend))
 
         root = QHBoxLayout()
-        root.addWidget(scroll)
-        root.addLayout(right, 1)
+        root.addLayout(left, 1)
+        root.addWidget(self.sections)
         central = QWidget()
         central.setLayout(root)
         self.setCentralWidget(central)
+        self.readout = ElidedLabel("starting", tooltip_extra=DROPPED_HELP)
+        self.backend_label = ElidedLabel()
+        self.backend_label.setMaximumWidth(PANEL_WIDTH)
+        self.statusBar().addWidget(self.readout, 1)
+        self.statusBar().addPermanentWidget(self.backend_label, 1)
         self._shortcuts()
+
+    def add_section(self, title: str, content: QWidget) -> None:
+        """One more tab of controls; it scrolls if the window is too short for it."""
+        scroll = QScrollArea()
+        scroll.setWidget(content)
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.sections.addTab(scroll, title)
+
+    def _toggles(self) -> QHBoxLayout:
+        """The two things a streamer switches mid-call, big and always in sight, with their state beside them."""
+        self.vcam_check = QPushButton("Virtual camera")
+        self.vcam_check.setCheckable(True)
+        self.vcam_check.setStyleSheet(TOGGLE_STYLE % "#2e7d32")
+        self.vcam_check.setToolTip("Send the animated portrait to the virtual camera (Zoom, Meet, Teams, OBS)")
+        self.vcam_check.toggled.connect(self.set_virtual_camera)
+        self.record_button = QPushButton(RECORD_IDLE)
+        self.record_button.setCheckable(True)
+        self.record_button.setStyleSheet(TOGGLE_STYLE % "#c62828")
+        self.record_button.setToolTip("Record the animated portrait to an .mp4, in real time")
+        self.record_button.clicked.connect(self._toggle_recording)
+        self.vcam_status, self.record_status = ElidedLabel("off"), ElidedLabel("not recording")
+        row = QHBoxLayout()
+        for button, status in ((self.vcam_check, self.vcam_status), (self.record_button, self.record_status)):
+            row.addWidget(button)
+            row.addWidget(status, 1)
+        return row
+
+    def _models_panel(self) -> QFrame:
+        """Shown while no models load: the two commands that make them, a folder picker, and a re-check."""
+        self.models_panel = QFrame()
+        self.models_panel.setStyleSheet("QFrame { background:#e8f0fe; border:1px solid #8ab4f8; }")
+        text = QLabel(FIRST_RUN_TEXT)
+        text.setWordWrap(True)
+        text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        choose = QPushButton("Choose models folder...")
+        choose.clicked.connect(self._choose_models)
+        again = QPushButton("Check again")
+        again.clicked.connect(lambda: self._load_processor(self.device_combo.currentText()))
+        buttons = QHBoxLayout()
+        buttons.addWidget(choose)
+        buttons.addWidget(again)
+        buttons.addStretch(1)
+        box = QVBoxLayout(self.models_panel)
+        box.addWidget(text)
+        box.addLayout(buttons)
+        self.models_panel.hide()
+        return self.models_panel
 
     def _shortcuts(self) -> None:
         """Keys for what is done mid-call (the design's re-anchor hotkey among them); with Ctrl, so they also work
@@ -207,8 +324,8 @@ class MainWindow(QMainWindow):
             if widget is not None:
                 widget.setToolTip(f"{widget.toolTip()} ({key})".lstrip())
 
-    def _camera_group(self) -> QGroupBox:
-        group = QGroupBox("Camera")
+    def _camera_group(self) -> QWidget:
+        group = QWidget()
         form = QFormLayout(group)
         self.camera_combo = QComboBox()
         self._fill_cameras()
@@ -227,7 +344,7 @@ class MainWindow(QMainWindow):
         self.fps_spin.setValue(self.settings.fps)
         form.addRow("Resolution", self.resolution_combo)
         form.addRow("FPS", self.fps_spin)
-        self.mirror_check = QCheckBox("mirror: the portrait moves like your reflection")
+        self.mirror_check = QCheckBox("Mirror (move like my reflection)")
         self.mirror_check.setChecked(self.settings.mirror)
         self.mirror_check.setToolTip("Flip the camera picture left-right; the current pose becomes the neutral one")
         self.mirror_check.toggled.connect(self._set_mirror)
@@ -237,30 +354,35 @@ class MainWindow(QMainWindow):
         form.addRow(apply)
         return group
 
-    def _portrait_group(self) -> QGroupBox:
-        group = QGroupBox("Portrait (or drop an image on the window)")
+    def _portrait_group(self) -> QWidget:
+        group = QWidget()
         box = QVBoxLayout(group)
         choose = QPushButton("Choose portrait...")
+        choose.setToolTip("Ctrl+O; or drop an image file on the window")
         choose.clicked.connect(self._choose_portrait)
+        hint = QLabel("Recent portraits (click one to use it), or drop an image on the window:")
+        hint.setWordWrap(True)
         self.recent_list = QListWidget()
         self.recent_list.setViewMode(QListWidget.ViewMode.IconMode)
-        self.recent_list.setIconSize(QSize(64, 64))
-        self.recent_list.setFixedHeight(96)
-        self.recent_list.setFlow(QListWidget.Flow.LeftToRight)
+        self.recent_list.setIconSize(QSize(96, 96))
+        self.recent_list.setGridSize(QSize(108, 108))
+        self.recent_list.setResizeMode(QListWidget.ResizeMode.Adjust)
+        self.recent_list.setMovement(QListWidget.Movement.Static)
         self.recent_list.itemClicked.connect(lambda item: self.load_portrait(Path(item.data(Qt.ItemDataRole.UserRole))))
         box.addWidget(choose)
-        box.addWidget(self.recent_list)
+        box.addWidget(hint)
+        box.addWidget(self.recent_list, 1)
         self._fill_recent()
         return group
 
-    def _options_group(self, backend: str) -> QGroupBox:
-        group = QGroupBox("Animation")
+    def _options_group(self) -> QWidget:
+        group = QWidget()
         form = QFormLayout(group)
         defaults = ProcessOptions().__dict__
         saved = defaults | {k: v for k, v in self.settings.options.items() if k in defaults and same_kind(v, defaults[k])}
         for f in fields(ProcessOptions):
-            if f.name == "onnx_device":
-                continue  # chosen with the device combo below: changing it reloads the models
+            if f.name == "onnx_device" or not isinstance(defaults[f.name], (bool, int, float, str)):
+                continue  # the device is chosen on the Output tab (it reloads the models); an edit has its own tab
             widget = self._option_widget(f.name, saved[f.name])
             self.option_widgets[f.name] = widget
             form.addRow(f.name.replace("_", " "), widget)
@@ -273,11 +395,6 @@ class MainWindow(QMainWindow):
         self.lock_scale_check.setChecked(self.settings.lock_scale)
         self.lock_scale_check.toggled.connect(self._push_options)
         form.addRow("head-scale lock", self.lock_scale_check)
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(BACKENDS)
-        self.device_combo.setCurrentText(backend if backend in BACKENDS else "auto")
-        self.device_combo.currentTextChanged.connect(self._on_device_changed)
-        form.addRow("device", self.device_combo)
         self.recalibrate_button = QPushButton("Recalibrate neutral")
         self.recalibrate_button.setToolTip("Look straight at the camera with a neutral face, then click")
         self.recalibrate_button.clicked.connect(lambda: self.loop.recalibrate() if self.loop else None)
@@ -295,6 +412,8 @@ class MainWindow(QMainWindow):
             for region in ANIMATION_REGIONS:
                 combo.addItem(f"{region}: {REGION_HINTS[region]}", region)
             combo.setCurrentIndex(max(combo.findData(value), 0))
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(14)
             combo.currentIndexChanged.connect(self._push_options)
             return combo
         (low, high), step = OPTION_RANGES[name], OPTION_STEPS[name]
@@ -312,19 +431,24 @@ class MainWindow(QMainWindow):
         spin.valueChanged.connect(self._push_options)
         return spin
 
-    def _output_group(self) -> QGroupBox:
-        group = QGroupBox("Output")
+    def _output_group(self, backend: str) -> QWidget:
+        """Where the networks run, and what the two outputs need (the toggles themselves are under the preview)."""
+        group = QWidget()
         form = QFormLayout(group)
-        self.vcam_check = QCheckBox("virtual camera")
-        self.vcam_check.toggled.connect(self.set_virtual_camera)
-        self.vcam_status = QLabel("off")
-        self.vcam_status.setWordWrap(True)
-        form.addRow(self.vcam_check, self.vcam_status)
-        self.record_button = QPushButton("Record to file...")
-        self.record_button.clicked.connect(self._toggle_recording)
-        self.record_status = QLabel("not recording")
-        self.record_status.setWordWrap(True)
-        form.addRow(self.record_button, self.record_status)
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(BACKENDS)
+        self.device_combo.setCurrentText(backend if backend in BACKENDS else "auto")
+        self.device_combo.setToolTip("auto: TensorRT, then ONNX Runtime CUDA, then the CPU")
+        self.device_combo.currentTextChanged.connect(self._on_device_changed)
+        form.addRow("run the networks on", self.device_combo)
+        notes = QLabel(
+            "<b>Virtual camera</b>: pick \"LivePortrait RT\" (Linux, v4l2loopback) or \"OBS Virtual Camera\" "
+            "(Windows, macOS: install OBS 28+ and start its virtual camera once) as the camera in Zoom, Meet, "
+            "Teams or OBS.<br><br><b>Record</b> writes an .mp4 in real time: on a slow machine each animated "
+            "frame is held until the next, so a minute of camera makes a minute of video."
+        )
+        notes.setWordWrap(True)
+        form.addRow(notes)
         return group
 
     # -- messages -----------------------------------------------------------------------------------------------
@@ -359,6 +483,7 @@ class MainWindow(QMainWindow):
             if not isinstance(result, Exception):
                 result.close()  # type: ignore[attr-defined]
             return
+        self.models_panel.setVisible(isinstance(result, ModelsMissingError))
         if isinstance(result, Exception):
             self.set_message("models", f"Models not loaded: {load_error_message(result)}")
             if self.processor is None:
@@ -370,8 +495,8 @@ class MainWindow(QMainWindow):
             self.device_combo.blockSignals(False)
             return
         processor: FrameProcessor = result  # type: ignore[assignment]
-        demo = f"No models configured: showing a demo. To animate for real run: {DOWNLOAD_COMMAND}"
-        self.set_message("models", demo if self.models_dir is None else None)
+        # the demo is said only when the stand-in really runs, whichever way the models folder was found
+        self.set_message("models", DEMO_MESSAGE if isinstance(processor, FakeProcessor) else None)
         old, self.processor, self.loaded_backend = self.processor, processor, backend
         self.backend_label.setText(f"processor: {processor.backend}")
         if self.loop is not None:
@@ -382,6 +507,16 @@ class MainWindow(QMainWindow):
 
     def _on_device_changed(self, backend: str) -> None:
         self._load_processor(backend)
+
+    def _choose_models(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Models folder (from python -m export onnx)")
+        if folder:
+            self.use_models_dir(Path(folder))
+
+    def use_models_dir(self, folder: Path) -> None:
+        """Load from this folder now; once it loads it is remembered like --models (engines/settings.py)."""
+        self.models_dir = folder
+        self._load_processor(self.device_combo.currentText())
 
     def current_options(self) -> ProcessOptions:
         values = {}
@@ -397,7 +532,7 @@ class MainWindow(QMainWindow):
         options = self.current_options()
         smoothing = self.smoothing_slider.value() / 100.0
         lock_scale = self.lock_scale_check.isChecked()
-        self.settings.options = {k: v for k, v in options.__dict__.items() if k != "onnx_device"}
+        self.settings.options = saved_options(options)
         self.settings.smoothing, self.settings.lock_scale = smoothing, lock_scale
         if self.loop is not None:
             self.loop.set_options(options, smoothing, lock_scale)
@@ -492,7 +627,8 @@ class MainWindow(QMainWindow):
     def _fill_recent(self) -> None:
         self.recent_list.clear()
         for path in self.settings.recent_portraits:
-            item = QListWidgetItem(QIcon(QPixmap(path).scaled(64, 64, Qt.AspectRatioMode.KeepAspectRatio)), "")
+            icon = QPixmap(path).scaled(96, 96, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation)
+            item = QListWidgetItem(QIcon(icon), "")
             item.setToolTip(path)
             item.setData(Qt.ItemDataRole.UserRole, path)
             self.recent_list.addItem(item)
@@ -534,6 +670,7 @@ class MainWindow(QMainWindow):
             self.stop_recording()
             return
         path, _ = QFileDialog.getSaveFileName(self, "Record the animated portrait", "live.mp4", "MP4 video (*.mp4)")
+        self._show_recording(False)  # until a recording really starts
         if path and not Path(path).suffix:  # the dialog did not add the ending: the file it asked about is not this one
             self.start_recording(Path(path + ".mp4"))
         elif path:
@@ -550,15 +687,19 @@ class MainWindow(QMainWindow):
             return
         self.loop.add_sink(self.recorder)
         self.set_message("record", None)
-        self.record_status.setText(f"recording to {path}")
-        self.record_button.setText("Stop recording")
+        self.record_status.setText(f"recording to {path} (in real time)")
+        self._show_recording(True)
 
     def stop_recording(self) -> None:
         if self.recorder is not None and self.loop is not None:
             self.loop.remove_sink(self.recorder)
-            self.record_status.setText(f"saved {self.recorder.frames} frames to {self.recorder.path}")
+            self.record_status.setText(f"saved {plural(self.recorder.frames, 'frame')} to {self.recorder.path}")
         self.recorder = None
-        self.record_button.setText("Record to file...")
+        self._show_recording(False)
+
+    def _show_recording(self, on: bool) -> None:
+        self.record_button.setChecked(on)
+        self.record_button.setText(RECORD_ON if on else RECORD_IDLE)
 
     # -- frames -------------------------------------------------------------------------------------------------
     def _frame_from_loop(self, frame: LiveFrame) -> None:
@@ -582,6 +723,7 @@ class MainWindow(QMainWindow):
         self.camera_view.setPixmap(to_pixmap(camera, self.camera_view.size()))
         if frame.result.output is not None:
             self.output_view.setPixmap(to_pixmap(frame.result.output, self.output_view.size()))
+            self.frames_animated += 1
         self.status_line.setText(frame.result.status or "tracking")
         self.last_frame = frame
         self.frames_shown += 1
@@ -595,9 +737,9 @@ class MainWindow(QMainWindow):
         self.set_message("outputs", stats.sink_error or None)
         # an output the loop dropped after an error (disk full, device gone) is switched off here too
         if self.recorder is not None and self.recorder not in self.loop.sinks:
-            self.record_status.setText(f"stopped after {self.recorder.frames} frames: {stats.sink_error}")
+            self.record_status.setText(f"stopped after {plural(self.recorder.frames, 'frame')}: {stats.sink_error}")
             self.recorder = None
-            self.record_button.setText("Record to file...")
+            self._show_recording(False)
         if self.vcam is not None and self.vcam not in self.loop.sinks:
             self.vcam = None
             self.vcam_status.setText("stopped")
@@ -615,6 +757,7 @@ class MainWindow(QMainWindow):
         if self.loop is None and self.processor is not None:
             self.processor.close()
         self.loop, self.vcam, self.recorder, self.processor = None, None, None, None
+        self.settings.geometry = bytes(self.saveGeometry().toBase64().data()).decode("ascii")
         try:
             self.settings.save(self.settings_path)
         except OSError as exc:  # a read-only config dir must not block closing

@@ -1,4 +1,4 @@
-"""`python -m ui.screenshot OUT.png [--models DIR --factory MODULE:NAME]`: grab the live window to a PNG.
+"""`python -m ui.screenshot OUT.png [--size 1280x720] [--models DIR --factory MODULE:NAME]`: grab the live window.
 
 It proves the window works end to end without a webcam (e.g. under Xvfb in CI): a shared driving video stands in
 for the camera and a shared portrait is animated, by the real processor factory when a models folder is given
@@ -46,9 +46,11 @@ def load_factory(spec: str) -> ProcessorFactory:
 
 def take_screenshot(
     out: Path, factory: ProcessorFactory = demo_factory, models_dir: Path | None = None, backend: str = "auto",
-    media: Path = SHARED_MEDIA, frames: int = 30, timeout_s: float = 60.0,
+    media: Path = SHARED_MEDIA, frames: int = 30, timeout_s: float = 60.0, size: tuple[int, int] = (1280, 720),
+    tab: str = "Animation",
 ) -> Path:
-    """Run the window until `frames` frames were shown, grab it to `out` (PNG) and close it."""
+    """Run the window at `size`, showing the controls tab `tab`, until `frames` animated frames were shown, grab
+    it to `out` (PNG) and close it."""
     video, portrait = media / "driving" / "d10.mp4", media / "portraits" / "s0.jpg"
     for path in (video, portrait):
         if not path.is_file():
@@ -58,19 +60,25 @@ def take_screenshot(
             models_dir, backend, factory, camera=str(video), portrait=portrait,
             settings_path=Path(config) / "settings.json",
         )
+        window.resize(*size)
+        tabs = [window.sections.tabText(i) for i in range(window.sections.count())]
+        if tab not in tabs:
+            window.close()
+            raise ScreenshotError(f"no tab {tab!r}; the tabs are {', '.join(tabs)}")
+        window.sections.setCurrentIndex(tabs.index(tab))
         deadline = time.monotonic() + timeout_s
-        while window.frames_shown < frames and time.monotonic() < deadline:
+        while window.frames_animated < frames and time.monotonic() < deadline:
             app.processEvents()
             time.sleep(0.01)
         for _ in range(60):  # let the readout refresh after the last frame
             app.processEvents()
             time.sleep(0.01)
-        shown = window.frames_shown
+        shown = window.frames_animated
         ok = window.grab().save(str(out), "PNG")
         window.close()
         app.processEvents()
     if shown < frames:
-        raise ScreenshotError(f"only {shown} of {frames} frames reached the window in {timeout_s:g} s")
+        raise ScreenshotError(f"only {shown} of {frames} animated frames reached the window in {timeout_s:g} s")
     if not ok:
         raise ScreenshotError(f"cannot write {out}; check the folder exists and is writable")
     return out
@@ -83,11 +91,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--factory", help="processor factory for --models, as package.module:function")
     parser.add_argument("--backend", default="auto", help="backend passed to the factory (auto, cpu, cuda)")
     parser.add_argument("--frames", type=int, default=30, help="frames to wait for before grabbing")
+    parser.add_argument("--size", default="1280x720", help="window size WIDTHxHEIGHT (default 1280x720)")
+    parser.add_argument("--tab", default="Animation", help="controls tab to show (default Animation)")
     args = parser.parse_args(argv)
     try:
+        width, _, height = args.size.partition("x")
+        if not (width.isdigit() and height.isdigit()):
+            raise ScreenshotError(f"--size must look like 1280x720, got {args.size!r}")
         factory = load_factory(args.factory) if args.factory else demo_factory
-        path = take_screenshot(args.out, factory, args.models, args.backend, frames=args.frames)
-    except ScreenshotError as exc:
+        path = take_screenshot(args.out, factory, args.models, args.backend, frames=args.frames,
+                               size=(int(width), int(height)), tab=args.tab)
+    except (ScreenshotError, RuntimeError) as exc:  # RuntimeError: no display (ui.app.check_display)
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"wrote {path}")

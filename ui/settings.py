@@ -33,6 +33,7 @@ class Settings:
     smoothing: float = 0.3
     lock_scale: bool = False
     mirror: bool = False
+    geometry: str = ""  # QMainWindow.saveGeometry() in base64: the window reopens where and how big it was
 
     @classmethod
     def load(cls, path: Path) -> "Settings":
