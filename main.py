@@ -1,4 +1,4 @@
-"""LivePortrait RT: `python main.py` opens the app; `render`, `template`, `live` and `bench` are the other commands.
+"""LivePortrait RT: `python main.py` opens the app; `render`, `template`, `edit`, `live` and `bench` are the other commands.
 
 Expected failures (no models, no face, unreadable input, a file that would be overwritten) end in one line on
 stderr and exit status 1; set LIVEPORTRAIT_DEBUG=1 to see the traceback instead.
@@ -16,7 +16,8 @@ from pathlib import Path
 from dataclasses import fields
 
 from engines.select import BACKENDS
-from core.options import ANIMATION_REGIONS, OPTION_RANGES, ProcessOptions
+from core.edit import EDIT_HELP, EDIT_RANGES, Edit
+from core.options import ANIMATION_REGIONS, DRIVING_OPTIONS, OPTION_RANGES, ProcessOptions
 
 
 def _common(suppress: bool) -> argparse.ArgumentParser:
@@ -60,8 +61,23 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, type=type(default), default=default, help=f"{low:g} to {high:g}, default {default:g}")
 
 
+def _add_edit(parser: argparse.ArgumentParser) -> None:
+    """One flag per editing control (core.edit): --smile 0.5 --head-yaw 10 ...; unset flags change nothing."""
+    group = parser.add_argument_group("expression and pose editing (the official demo's sliders; on top of the motion)")
+    for name, (low, high) in EDIT_RANGES.items():
+        default = getattr(Edit(), name)
+        unset = f"default {default:g}" if default is not None else "default unset"
+        group.add_argument("--" + name.replace("_", "-"), type=float, metavar="V",
+                           help=f"{EDIT_HELP[name]}: {low:g} to {high:g}, {unset}")
+
+
+def edit_from_args(args: argparse.Namespace) -> Edit:
+    return Edit(**{name: getattr(args, name) for name in EDIT_RANGES if getattr(args, name, None) is not None})
+
+
 def options_from_args(args: argparse.Namespace) -> ProcessOptions:
-    return ProcessOptions(**{name: getattr(args, name) for name in ProcessOptions.names() if hasattr(args, name)})
+    values = {name: getattr(args, name) for name in ProcessOptions.names() if hasattr(args, name)}
+    return ProcessOptions(**values, edit=edit_from_args(args))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,7 +89,8 @@ def _parser() -> argparse.ArgumentParser:
     common = _common(suppress=True)
 
     p = sub.add_parser("render", parents=[common], help="animate a portrait with a video, image folder, image or template")
-    p.add_argument("--source", type=Path, required=True, help="portrait image")
+    p.add_argument("--source", type=Path, required=True,
+                   help="portrait image, or a video of a person (video-to-video: frame i animated by driving frame i)")
     p.add_argument("--driving", type=Path, required=True, help="video, image folder, image or template .npz")
     p.add_argument("--out", type=Path, required=True,
                    help="full-frame output video (.mp4), or a picture (.png/.jpg) for one driving image")
@@ -83,10 +100,29 @@ def _parser() -> argparse.ArgumentParser:
                    help="begin at driving frame S (0 = the first; a video, image folder or template). "
                         "With S > 0 the video's sound is left out")
     p.add_argument("--frames", type=int, metavar="N", help="animate at most N driving frames (default: all)")
+    p.add_argument("--driving-option", choices=DRIVING_OPTIONS, default="pose-friendly",
+                   help="official driving option for a still portrait and a driving video: expression-friendly scales "
+                        "the motion by the ratio of the two faces' keypoint hull sizes (default pose-friendly: unscaled)")
+    p.add_argument("--source-smoothing", type=float, default=3e-7, metavar="VAR",
+                   help="source video: observation variance of the Kalman smoother of its motion (official 3e-7; "
+                        "larger is smoother)")
+    p.add_argument("--source-eye-retargeting", action="store_true",
+                   help="source video: hold its eyes at the first frame's opening (official)")
     _add_options(p)
+    _add_edit(p)
+
+    p = sub.add_parser("edit", parents=[common], help="edit a portrait's expression and pose (no driving input)")
+    p.add_argument("--source", type=Path, required=True, help="portrait image")
+    p.add_argument("--out", type=Path, required=True, help="edited picture (.png/.jpg)")
+    p.add_argument("--force", action="store_true", help="replace the output file if it exists")
+    _add_options(p)
+    _add_edit(p)
 
     p = sub.add_parser("template", parents=[common], help="save a driving video's motion as a template .npz")
-    p.add_argument("--driving", type=Path, required=True, help="driving video, image folder or image")
+    given = p.add_mutually_exclusive_group(required=True)
+    given.add_argument("--driving", type=Path, help="driving video, image folder or image")
+    given.add_argument("--from-pkl", type=Path, metavar="PKL",
+                       help="convert an official LivePortrait .pkl template (read without running any code in it)")
     p.add_argument("--out", type=Path, required=True, help="template file to write (.npz)")
     p.add_argument("--force", action="store_true", help="replace the template file if it exists")
 
@@ -100,6 +136,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--record", type=Path, help=RECORD_HELP)
     p.add_argument("--force", action="store_true", help="with --no-window: replace an existing --record file")
     _add_options(p)
+    _add_edit(p)
 
     p = sub.add_parser("bench", parents=[common], help="per-stage timings and fps of process() on this machine")
     p.add_argument("--frames", type=int, default=5, help="driving frames to time (default 5)")
@@ -119,24 +156,41 @@ def _animator(args: argparse.Namespace):
 def cmd_render(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from render.offline import render
+    from render.offline import SourceVideo, render
 
     options = options_from_args(args)
     animator = _animator(args)
     report = render(
         animator, args.source, args.driving, args.out, options, crop_out=args.crop_out, overwrite=args.force,
-        start_frame=args.start, max_frames=args.frames,
+        start_frame=args.start, max_frames=args.frames, driving_option=args.driving_option,
+        source_video=SourceVideo(args.source_smoothing, args.source_eye_retargeting),
         progress=lambda frames, total: tqdm(frames, total=total, desc="render", unit="frame"),
     )
     print(f"wrote {args.out}: {report.summary()}")
 
 
 def cmd_template(args: argparse.Namespace) -> None:
-    from render.offline import make_template
     from render.outputs import plural
+
+    if args.from_pkl:
+        from render.offline import convert_official_template
+
+        frames = convert_official_template(args.from_pkl, args.out, overwrite=args.force)
+        print(f"wrote {args.out}: {plural(frames, 'frame')} from the official template {args.from_pkl}")
+        return
+    from render.offline import make_template
 
     frames = make_template(_animator(args), args.driving, args.out, overwrite=args.force)
     print(f"wrote {args.out}: {plural(frames, 'frame')}")
+
+
+def cmd_edit(args: argparse.Namespace) -> None:
+    from render.offline import edit_image
+
+    options = options_from_args(args)
+    edit_image(_animator(args), args.source, args.out, options, overwrite=args.force)
+    changed = ", ".join(f"{k} {v:g}" for k, v in options.edit.changed().items()) or "no control changed"
+    print(f"wrote {args.out}: {changed}")
 
 
 def cmd_live(args: argparse.Namespace) -> int:
@@ -181,7 +235,7 @@ def cmd_app(args: argparse.Namespace) -> int:
     return run_app(args.models, args.backend, make_processor, camera=args.camera, portrait=args.source)
 
 
-COMMANDS = {"render": cmd_render, "template": cmd_template, "live": cmd_live, "bench": cmd_bench}
+COMMANDS = {"render": cmd_render, "template": cmd_template, "edit": cmd_edit, "live": cmd_live, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

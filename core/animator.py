@@ -15,7 +15,7 @@ import numpy as np
 from engines import Runner, open_runners
 from engines.layout import NETWORK_ONNX
 from core.crop import CropInfo, box_o2c, crop_box, crop_source, transform_pts
-from core.face import FaceModels, eye_ratio, lip_ratio
+from core.face import FaceModels, FaceResult, eye_ratio, lip_ratio
 from core.images import SourceError, limit_size
 from core.motion import (
     Composed,
@@ -26,6 +26,8 @@ from core.motion import (
     apply_edit,
     compose_driving_kp,
     edited_kp,
+    eye_input,
+    kp_delta,
     kp_info_from_outputs,
     lip_zero_delta,
     ratio_deltas,
@@ -147,8 +149,8 @@ class Animator:
     def backend(self) -> str:
         return self.nets.backend
 
-    def prepare_source(self, image: np.ndarray, options: ProcessOptions) -> SourcePortrait:
-        """Detect, crop and encode a portrait (RGB uint8). SourceError when it has no face."""
+    def _source_crop(self, image: np.ndarray, options: ProcessOptions) -> tuple[np.ndarray, FaceResult, CropInfo, KpInfo]:
+        """(size-limited image, face, crop, motion) of a portrait; SourceError when it has no face."""
         limited = limit_size(image, SOURCE_MAX_DIM, division=1)
         with self.timer("detect"):
             face = self.faces.analyze(limited)
@@ -157,6 +159,17 @@ class Animator:
         crop = crop_source(limited, face.lmk106, options.dsize, options.scale, options.vx_ratio, options.vy_ratio)
         with self.timer("motion"):
             info = self.nets.motion(crop.img_256)
+        return limited, face, crop, info
+
+    def source_motion(self, image: np.ndarray, options: ProcessOptions) -> tuple[KpInfo, np.ndarray]:
+        """A source-video frame's motion and eye-open ratios only: the first pass over a source video, which keeps
+        no features (a clip's worth of feature volumes would not fit in memory)."""
+        _, face, _, info = self._source_crop(image, options)
+        return info, eye_ratio(face.lmk203)
+
+    def prepare_source(self, image: np.ndarray, options: ProcessOptions) -> SourcePortrait:
+        """Detect, crop and encode a portrait (RGB uint8). SourceError when it has no face."""
+        limited, face, crop, info = self._source_crop(image, options)
         with self.timer("features"):
             f_s = self.nets.features(crop.img_256)
         x_s = info.x
@@ -260,14 +273,17 @@ class Animator:
         return x if after is None else with_multiplier(src.x_s, x + after, options.driving_multiplier)
 
     def video_keypoints(
-        self, src: SourcePortrait, parts: Composed, drv: Motion, options: ProcessOptions, eye_delta: np.ndarray | None
+        self, src: SourcePortrait, parts: Composed, drv: Motion, options: ProcessOptions, eye_target: float | None
     ) -> np.ndarray:
-        """x_d' of one source-video frame from its composed (R, exp, scale, t) (core.motion.video_parts), edited;
-        `eye_delta` is the source-video eye retargeting delta (added only without eye/lip retargeting)."""
+        """x_d' of one source-video frame from its composed (R, exp, scale, t) (core.motion.video_parts), edited.
+        `eye_target` (source-video eye retargeting, core.motion.source_eye_target) holds the eyes at that opening
+        through an eye-MLP delta added after stitching, as officially (not with eye/lip retargeting on)."""
         with self.timer("stitching/retargeting"):
             x_d = transform_kp(src.info.kp, *apply_edit(src.info, parts, options.edit))
-            retargeting = options.eye_retargeting or options.lip_retargeting
-            return self._finish(src, x_d, options, drv, None if retargeting else eye_delta)
+            eye_delta = None
+            if eye_target is not None and not (options.eye_retargeting or options.lip_retargeting):
+                eye_delta = kp_delta(self.nets.mlp("eye")(eye_input(src.x_s, src.c_s_eyes, eye_target)), "eye")
+            return self._finish(src, x_d, options, drv, eye_delta)
 
     def render(self, src: SourcePortrait, x_d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(animated 512x512 crop, pasted full-size frame) for the driving keypoints x_d'. On TensorRT the frame

@@ -431,8 +431,8 @@ def video_parts(
     clip (kalman_smooth; a driving image is not smoothed, and relative to an image its exp is measured against
     LIP_ARRAY). The source keeps its own scale and, in relative motion, its translation; only the exp entries of
     ABSOLUTE_EXP_MASK within `region` follow, and R only in the regions that move the pose."""
-    n = min(len(sources), len(motions))
     video = len(motions) > 1
+    n = min(len(sources), len(motions)) if video else len(sources)
     drv = motions[:n] if video else motions * n
     if relative:
         base = drv[0].exp if video else LIP_ARRAY

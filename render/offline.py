@@ -14,15 +14,23 @@ import cv2
 import numpy as np
 
 from core.crop import crop_box, driving_box
-from core.images import ImageInputError, load_image, to_rgb_uint8
-from core.motion import Motion, image_reference
-from core.options import ProcessOptions
+from core.images import ImageInputError, SourceError, load_image, to_rgb_uint8
+from core.motion import (
+    SMOOTH_OBSERVATION_VARIANCE,
+    ExpressionFriendly,
+    KpInfo,
+    Motion,
+    image_reference,
+    source_eye_target,
+    video_parts,
+)
+from core.options import DRIVING_OPTIONS, ProcessOptions
 from core.animator import NET_SIZE, Animator, DrivingFrame
 from core.portrait import SourcePortrait
 from render.outputs import (
     ImageFile, Interrupted, VideoFile, check_target, has_audio, left_as_it_was, plural, refuse_overlap,
 )
-from core.templates import Template, load_template, save_template
+from core.templates import Template, load_official_template, load_template, save_template, save_template_arrays
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 DEFAULT_FPS = 25.0
@@ -165,13 +173,79 @@ def driving_motions(animator: Animator, driving: DrivingClip | Template) -> list
 
 
 def animate_frames(
-    animator: Animator, src: SourcePortrait, motions: list[Motion], options: ProcessOptions
+    animator: Animator,
+    src: SourcePortrait,
+    motions: list[Motion],
+    options: ProcessOptions,
+    driving_option: str = "pose-friendly",
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(animated 512 crop, full frame) for each motion; relative motion is measured against the first one, or for a
-    single driving image against the neutral expression (the official image rule)."""
+    single driving image against the neutral expression (the official image rule). "expression-friendly" scales
+    a driving video's relative motion by the official hull-size multiplier."""
+    if driving_option not in DRIVING_OPTIONS:
+        raise ValueError(f"driving_option must be one of {', '.join(DRIVING_OPTIONS)}, got {driving_option!r}")
     reference = motions[0] if len(motions) > 1 else image_reference(motions[0])
+    friendly = None
+    if driving_option == "expression-friendly" and options.relative and len(motions) > 1:
+        friendly = ExpressionFriendly.from_first(src.x_s, animator.composed_kp(src, motions[0], reference, options))
     for motion in motions:
-        yield animator.render(src, animator.keypoints(src, motion, reference, options))
+        yield animator.render(src, animator.keypoints(src, motion, reference, options, friendly))
+
+
+@dataclass(frozen=True)
+class SourceVideo:
+    """How a SOURCE VIDEO is animated (the official options): its composed motion is Kalman-smoothed with this
+    observation variance (larger is smoother; core.motion.kalman_smooth), and `eye_retargeting` holds its eyes at
+    the first frame's opening (official flag_source_video_eye_retargeting)."""
+
+    smooth_variance: float = SMOOTH_OBSERVATION_VARIANCE
+    eye_retargeting: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 < self.smooth_variance <= 1:
+            raise ValueError(f"the source-video smoothing variance must be in (0, 1], got {self.smooth_variance!r}")
+
+
+def source_video_motion(
+    animator: Animator, frames: Iterable[np.ndarray], options: ProcessOptions
+) -> tuple[list[KpInfo], np.ndarray]:
+    """First pass over a source video: every frame's motion (no features: they are made again per frame in the
+    second pass), and the first frame's eye-open ratios. A frame without a face is one clear error."""
+    infos: list[KpInfo] = []
+    first_eyes = np.zeros(2, np.float32)
+    for i, frame in enumerate(frames):
+        try:
+            info, eyes = animator.source_motion(frame, options)
+        except SourceError:
+            raise SourceError(
+                f"no face found in frame {i} of the source video: every frame needs the face visible "
+                "(cut the clip where it is)"
+            ) from None
+        infos.append(info)
+        if i == 0:
+            first_eyes = eyes
+    if not infos:
+        raise SourceError("the source video has no frames")
+    return infos, first_eyes
+
+
+def animate_source_video(
+    animator: Animator,
+    frames: Iterable[np.ndarray],
+    infos: list[KpInfo],
+    first_eyes: np.ndarray,
+    motions: list[Motion],
+    options: ProcessOptions,
+    video: SourceVideo = SourceVideo(),
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(animated crop, full frame) for source frame i with driving frame i (a driving image: that image for every
+    frame), stopping at the shorter, by the official source-video rules (core.motion.video_parts)."""
+    parts = video_parts(infos, motions, options.relative, options.animation_region, video.smooth_variance)
+    eye_target = source_eye_target(first_eyes) if video.eye_retargeting else None
+    for i, frame in zip(range(len(parts)), frames):
+        src = animator.prepare_source(frame, options)
+        drv = motions[i] if len(motions) > 1 else motions[0]
+        yield animator.render(src, animator.video_keypoints(src, parts[i], drv, options, eye_target))
 
 
 def process(
@@ -180,11 +254,13 @@ def process(
     options: ProcessOptions,
     animator: Animator,
     on_frame: Callable[[int, int], None] | None = None,
+    source_is_video: bool = False,
 ) -> tuple[np.ndarray, np.ndarray | list[np.ndarray]]:
     """The LivePortraitProcess node: every source (RGB uint8) animated with every driving frame, sources one after
     another, outputs concatenated in that order. Returns (cropped_images Nx512x512x3, full_images NxHxWx3, or a
     list when the sources differ in size). `on_frame(done, total)` follows each output frame (a host's progress
-    bar); an exception it raises (a host's cancel) stops the run."""
+    bar); an exception it raises (a host's cancel) stops the run. With `source_is_video` the sources are the
+    frames of one video, animated frame by frame (animate_source_video, official defaults)."""
     options.validate()
     sources = list(source_images)
     if not sources:
@@ -193,10 +269,19 @@ def process(
     motions = driving_motions(animator, driving)
     crops: list[np.ndarray] = []
     fulls: list[np.ndarray] = []
-    total = len(sources) * len(motions)
-    for source in sources:
-        src = animator.prepare_source(to_rgb_uint8(source), options)
-        for crop, full in animate_frames(animator, src, motions, options):
+    if source_is_video:
+        frames = [to_rgb_uint8(source) for source in sources]
+        infos, first_eyes = source_video_motion(animator, frames, options)
+        total = min(len(infos), len(motions)) if len(motions) > 1 else len(infos)
+        batches = [animate_source_video(animator, frames, infos, first_eyes, motions, options)]
+    else:
+        total = len(sources) * len(motions)
+        batches = (
+            animate_frames(animator, animator.prepare_source(to_rgb_uint8(source), options), motions, options)
+            for source in sources
+        )
+    for batch in batches:
+        for crop, full in batch:
             crops.append(crop)
             fulls.append(full)
             if on_frame is not None:
@@ -233,23 +318,39 @@ def render(
     progress: Callable[[Iterable, int], Iterable] = lambda frames, total: frames,
     start_frame: int = 0,
     max_frames: int | None = None,
+    driving_option: str = "pose-friendly",
+    source_video: SourceVideo = SourceVideo(),
 ) -> RenderReport:
     """Animate one portrait with a driving input into a full-frame video (and optionally the crops). The files
-    appear under their names only when complete: a failed or interrupted render leaves those names as they were."""
+    appear under their names only when complete: a failed or interrupted render leaves those names as they were.
+    A source that is a video (not a picture) is animated frame by frame (official video-to-video, `source_video`)
+    at its own frame rate, stopping at the shorter of the two."""
     refuse_overlap({"portrait": source_path, "driving input": driving_path}, {"output": out, "crop output": crop_out})
     driving = frame_range(open_driving(driving_path), start_frame, max_frames)
+    source_clip = None if Path(source_path).suffix.lower() in IMAGE_SUFFIXES else open_video(Path(source_path))
     is_video = isinstance(driving, DrivingClip) and driving.count is None
     # its sound goes along (cut to the animation's length); from a later start it would be out of step
     sound = Path(driving_path) if is_video and start_frame == 0 and has_audio(driving_path) else None
-    sinks = [_sink(path, driving, overwrite, sound) for path in (out, crop_out) if path is not None]
-    src = animator.prepare_source(load_image(source_path), options)  # no face: fail before any slow work
+    timing = driving if source_clip is None else source_clip  # a source video keeps its own frame rate
+    sinks = [_sink(path, timing, overwrite, sound) for path in (out, crop_out) if path is not None]
+    if source_clip is None:  # no face: fail before any slow work
+        src = animator.prepare_source(load_image(source_path), options)
+    else:
+        infos, first_eyes = source_video_motion(animator, source_clip.frames(), options)
     animator.timer.reset()
     start = time.perf_counter()
     frames = 0
     motions: list[Motion] = []
     try:
         motions = driving_motions(animator, driving)
-        for crop, full in progress(animate_frames(animator, src, motions, options), len(motions)):
+        if source_clip is None:
+            animated, total = animate_frames(animator, src, motions, options, driving_option), len(motions)
+        else:
+            total = min(len(infos), len(motions)) if len(motions) > 1 else len(infos)
+            animated = animate_source_video(
+                animator, source_clip.frames(), infos, first_eyes, motions, options, source_video
+            )
+        for crop, full in progress(animated, total):
             sinks[0].write(full)
             if crop_out:
                 sinks[1].write(crop)
@@ -278,6 +379,18 @@ def _sink(path: Path, driving: DrivingClip | Template, overwrite: bool, sound: P
     return ImageFile(path, overwrite)
 
 
+def edit_image(animator: Animator, source_path: Path, out: Path, options: ProcessOptions, overwrite: bool = False) -> None:
+    """A still edit of one portrait (no driving input): options.edit applied as the official demo does, pasted
+    back into the full photo and written as a picture."""
+    refuse_overlap({"portrait": source_path}, {"output": out})
+    if Path(out).suffix.lower() not in IMAGE_SUFFIXES:
+        raise ValueError(f"{out}: an edit is one picture; name it .png or .jpg")
+    sink = ImageFile(out, overwrite)  # refuses an existing file before the slow part
+    src = animator.prepare_source(load_image(source_path), options)
+    _, full = animator.render(src, animator.edit_keypoints(src, options))
+    sink.write(full)
+
+
 def make_template(animator: Animator, driving_path: Path, out: Path, overwrite: bool = False) -> int:
     """Extract a driving video's per-frame motion into a template file (the shared .npz format); returns frames."""
     refuse_overlap({"driving input": driving_path}, {"template": out})
@@ -288,6 +401,16 @@ def make_template(animator: Animator, driving_path: Path, out: Path, overwrite: 
     motions = held_ratios(driving_motions(animator, clip))
     save_template(out, motions, clip.fps, overwrite=overwrite)
     return len(motions)
+
+
+def convert_official_template(pkl: Path, out: Path, overwrite: bool = False) -> int:
+    """An official LivePortrait .pkl template (restricted unpickling: no code in it runs) as our .npz; returns
+    the frame count."""
+    refuse_overlap({"official template": pkl}, {"template": out})
+    check_target(out, overwrite)
+    template = load_official_template(pkl)
+    save_template_arrays(out, template, overwrite=overwrite)
+    return len(template)
 
 
 def held_ratios(motions: list[Motion]) -> list[Motion]:
