@@ -33,6 +33,9 @@ POLL_S = 0.05
 #: frames kept for the latency percentiles, and the window of the FPS estimate
 HISTORY = 240
 FPS_WINDOW_S = 2.0
+#: how long stop() waits for a send still in progress (a recorder writing the held copies of a long frame) before
+#: leaving the sinks to the output thread: the recording is finished, not cut off when the app exits
+SINK_GRACE_S = 30.0
 
 
 class DropOldestQueue(Generic[T]):
@@ -188,6 +191,7 @@ class LiveLoop:
         self.capturing = False
         self.output_running = False
         self.close_sinks_on_exit = False
+        self.sink_grace_s = SINK_GRACE_S
         self.stats_ = LiveStats()
         self.latencies: deque[float] = deque(maxlen=HISTORY)
         self.out_times: deque[float] = deque(maxlen=HISTORY)
@@ -215,9 +219,10 @@ class LiveLoop:
 
     def stop(self, timeout: float = 2.0) -> bool:
         """Join every thread within `timeout` s in total, then close sinks, camera and processor, each only when no
-        thread can still be using it. True if every thread joined. A thread that did not join is kept (start()
-        refuses to run a second set beside it); the capture thread closes the camera and the output thread the
-        sinks when they finish, and the processor stays open (its frame may still be running)."""
+        thread can still be using it; a send in progress gets up to `sink_grace_s` to finish first. True if every
+        thread joined. A thread that did not join is kept (start() refuses to run a second set beside it); the
+        capture thread closes the camera and the output thread the sinks when they finish, and the processor stays
+        open (its frame may still be running)."""
         self.stop_event.set()
         rendering = self.rendering
         for processor in {id(p): p for p in (self.processor, rendering) if p is not None}.values():
@@ -225,9 +230,11 @@ class LiveLoop:
         deadline = time.monotonic() + timeout
         for thread in self.threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+        if self._close_sinks(max(deadline - time.monotonic(), self.sink_grace_s)):
+            for thread in self.threads:  # threads are leaving their loops now; a last poll interval for each
+                thread.join(POLL_S)
         self.threads = [t for t in self.threads if t.is_alive()]
         joined = not self.threads
-        self._close_sinks(max(0.0, deadline - time.monotonic()))
         with self.lock:
             capturing = self.capturing
         if not capturing:  # else the capture thread, still inside read(), closes the camera when it returns
@@ -335,15 +342,15 @@ class LiveLoop:
         with self.send_lock:
             sink.close()
 
-    def _close_sinks(self, wait_s: float) -> None:
+    def _close_sinks(self, wait_s: float) -> bool:
         """Close every sink under the send lock, so none is closed in the middle of a send (a recorder writing its
         held copies into a closed video would start a new file over the finished one). If the output thread is
-        still inside a send after `wait_s`, it closes them itself when that send returns."""
+        still inside a send after `wait_s`, it closes them itself when that send returns: False."""
         if not self.send_lock.acquire(timeout=wait_s):
             with self.lock:
                 handed_off = self.close_sinks_on_exit = self.output_running
             if handed_off:
-                return
+                return False
             self.send_lock.acquire()  # the output thread is gone; a remove_sink() is finishing its close
         try:
             with self.lock:
@@ -352,6 +359,7 @@ class LiveLoop:
                 self._retire_sink(sink)
         finally:
             self.send_lock.release()
+        return True
 
     def _retire_sink(self, sink: Sink, error: Exception | None = None) -> None:
         """Close a sink; when it failed (`error`) or its close() fails, the reason becomes one line in the stats

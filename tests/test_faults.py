@@ -288,12 +288,41 @@ def thread(loop: LiveLoop, name: str) -> threading.Thread:
     return next(t for t in loop.threads if t.name == f"live-{name}")
 
 
-def test_5_a_sink_is_never_closed_while_it_is_still_sending() -> None:
+class ObservedLoop(LiveLoop):
+    """Says when stop() has given up on the threads and turns to the sinks."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        self.closing_sinks = threading.Event()
+
+    def _close_sinks(self, wait_s: float) -> bool:
+        self.closing_sinks.set()
+        return super()._close_sinks(wait_s)
+
+
+def test_5_stop_lets_a_send_in_progress_finish_before_closing_the_sink() -> None:
+    """A recorder writing the held copies of a long frame when the app stops: its file is finished, not cut."""
     sink = GateSink()
-    loop = LiveLoop(FakeProcessor(), SyntheticCamera(0.002), [sink])
+    loop = ObservedLoop(FakeProcessor(), SyntheticCamera(0.002), [sink])
     loop.start()
     assert sink.entered.wait(10)
-    assert not loop.stop(timeout=0.01)  # the output thread is inside send(): stop() cannot wait for it
+    stopper = threading.Thread(target=loop.stop, args=(0.01,))
+    stopper.start()
+    assert loop.closing_sinks.wait(10)  # the threads' deadline passed: stop() now waits for the send lock
+    assert sink.events == ["send"]
+    sink.release.set()
+    stopper.join(10)
+    assert sink.events == ["send", "sent", "closed"]
+    assert loop.stop(10) and loop.threads == []
+
+
+def test_5_a_send_stuck_past_the_grace_is_left_to_the_output_thread() -> None:
+    sink = GateSink()
+    loop = LiveLoop(FakeProcessor(), SyntheticCamera(0.002), [sink])
+    loop.sink_grace_s = 0.0
+    loop.start()
+    assert sink.entered.wait(10)
+    assert not loop.stop(timeout=0.01)  # the output thread is inside send(): stop() does not wait for it
     assert sink.events == ["send"]  # not closed under the send
     with pytest.raises(RuntimeError, match="still running"):
         loop.start()  # a second set of threads beside the old one is refused
