@@ -292,7 +292,8 @@ class MainWindow(QMainWindow):
     def _models_panel(self) -> QFrame:
         """Shown while no models load: the two commands that make them, a folder picker, and a re-check."""
         self.models_panel = QFrame()
-        self.models_panel.setStyleSheet("QFrame { background:#e8f0fe; border:1px solid #8ab4f8; }")
+        self.models_panel.setObjectName("modelsPanel")
+        self.models_panel.setStyleSheet("#modelsPanel { background:#e8f0fe; border:1px solid #8ab4f8; }")
         text = QLabel(FIRST_RUN_TEXT)
         text.setWordWrap(True)
         text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)

@@ -18,6 +18,7 @@ import importlib
 from engines.layout import ModelsMissingError
 from realtime.live_api import FakeProcessor, FrameProcessor, ProcessorFactory
 from ui.app import make_window
+from ui.settings import Settings
 
 SHARED_MEDIA = Path(os.environ.get("LIVEPORTRAIT_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "media"
 
@@ -56,6 +57,10 @@ def take_screenshot(
         if not path.is_file():
             raise ScreenshotError(f"{path} is missing; set LIVEPORTRAIT_SHARED to the shared folder that has media/")
     with tempfile.TemporaryDirectory() as config:
+        # the shared portraits fill the recent-portrait gallery, as after a few sessions
+        Settings(recent_portraits=[str(p) for p in sorted((media / "portraits").glob("*.jpg"))]).save(
+            Path(config) / "settings.json"
+        )
         app, window = make_window(
             models_dir, backend, factory, camera=str(video), portrait=portrait,
             settings_path=Path(config) / "settings.json",
