@@ -18,6 +18,12 @@ import platformdirs
 
 from engines.layout import DOWNLOAD_COMMAND, ModelsMissingError, missing_models
 
+#: what a new user needs before DOWNLOAD_COMMAND works: the export tools (PyTorch; its CPU build is enough)
+EXPORT_TOOLS_HINT = (
+    "the export tools come first: pip install -r requirements-export.txt "
+    "--extra-index-url https://download.pytorch.org/whl/cpu (a CPU-only torch is enough)"
+)
+
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +80,7 @@ def resolve_models_dir(cli_value: Path | None = None) -> Path:
             if missing:
                 raise ModelsMissingError(
                     f"models folder {folder} (from {origin}) lacks {', '.join(missing)}; create it with: {DOWNLOAD_COMMAND}"
+                    f" ({EXPORT_TOOLS_HINT})"
                 )
             if origin == "--models":  # remembered, so the next start (the app without arguments) finds it
                 remember_models_dir(folder)
@@ -81,7 +88,9 @@ def resolve_models_dir(cli_value: Path | None = None) -> Path:
     default = Path("models")
     if default.is_dir() and not missing_models(default):
         return default
-    raise ModelsMissingError(f"no models folder is configured; create one with: {DOWNLOAD_COMMAND} (or pass --models DIR)")
+    raise ModelsMissingError(
+        f"no models folder is configured; create one with: {DOWNLOAD_COMMAND} (or pass --models DIR); {EXPORT_TOOLS_HINT}"
+    )
 
 
 def remember_models_dir(folder: Path) -> None:

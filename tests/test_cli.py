@@ -186,3 +186,20 @@ def test_a_slow_live_loop_reads_seconds_per_frame_not_zero_fps(monkeypatch: pyte
     loop.out_times.extend([120.0 + i / 25 for i in range(1, 40)])  # then 25 fps
     now[0] = 121.6
     assert loop.stats().line().startswith("25 fps | ")
+
+
+def test_the_no_models_message_says_to_install_the_export_tools_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engines.settings import EXPORT_TOOLS_HINT
+
+    monkeypatch.setenv("LIVEPORTRAIT_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.delenv("LIVEPORTRAIT_MODELS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelsMissingError) as err:
+        resolve_models_dir(None)
+    assert str(err.value).endswith(
+        "; the export tools come first: pip install -r requirements-export.txt "
+        "--extra-index-url https://download.pytorch.org/whl/cpu (a CPU-only torch is enough)"
+    )
+    assert EXPORT_TOOLS_HINT in str(err.value)
