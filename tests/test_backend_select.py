@@ -31,6 +31,7 @@ def machine(monkeypatch: pytest.MonkeyPatch):
         monkeypatch.setattr(select, "probe_ort_providers", lambda: providers)
         monkeypatch.setattr(select, "engines_state", lambda *args: engines_state)
         monkeypatch.setattr(select, "probe_ort_cuda_problem", lambda: "Failed to load libcudnn.so.9")
+        monkeypatch.setattr(select, "openvino_problem", lambda *args: "OpenVINO is not installed (pip install openvino)")
 
     return set_machine
 
@@ -64,8 +65,8 @@ def test_auto_ends_on_the_cpu_when_the_cuda_session_fell_back(machine, tmp_path:
     machine("11.4.0", None, CPU_ONLY, None)
     assert choose_backend("auto", tmp_path) == BackendChoice(
         "cpu",
-        "ONNX Runtime on the CPU: no NVIDIA GPU was found, and ONNX Runtime's CUDA provider did not start "
-        "(Failed to load libcudnn.so.9).",
+        "ONNX Runtime on the CPU: no NVIDIA GPU was found, ONNX Runtime's CUDA provider did not start "
+        "(Failed to load libcudnn.so.9), and OpenVINO is not installed (pip install openvino).",
     )
 
 
@@ -88,18 +89,21 @@ def test_named_backends_that_can_run_are_taken(machine, tmp_path: Path) -> None:
     machine("11.4.0", GPU, CUDA_PROVIDERS, "ready")
     assert choose_backend("cuda", tmp_path) == BackendChoice("cuda", "ONNX Runtime with CUDA.")
     assert choose_backend("cpu", tmp_path) == BackendChoice("cpu", "ONNX Runtime on the CPU, as asked.")
-    with pytest.raises(ValueError, match=r"^unknown backend 'vulkan'; choose one of auto, cpu, cuda, tensorrt$"):
+    with pytest.raises(ValueError, match=r"^unknown backend 'vulkan'; choose one of auto, cpu, cuda, tensorrt, openvino, openvino-bf16$"):
         choose_backend("vulkan", tmp_path)
 
 
-def test_this_machine_without_gpu_gets_the_cpu(tmp_path: Path) -> None:
-    """The real probes: TensorRT proper is not installed here and the CPU onnxruntime has no CUDA provider."""
+def test_this_machine_gets_what_its_probes_allow(tmp_path: Path) -> None:
+    """The real probes: a folder without models never takes TensorRT; ONNX Runtime CUDA when a real session got the
+    CUDA provider (a GPU machine with onnxruntime-gpu), else the CPU with the reasons."""
     select.probe_gpu.cache_clear()
     select.probe_ort_providers.cache_clear()
     choice = choose_backend("auto", tmp_path)
-    assert choice.name == "cpu"
-    assert choice.reason.startswith("ONNX Runtime on the CPU: ")
-    assert choice.reason.endswith("and ONNX Runtime's CUDA provider did not start (onnxruntime-gpu is not installed).")
+    if "CUDAExecutionProvider" in select.probe_ort_providers():
+        assert choice.name == "cuda" and choice.reason.startswith("ONNX Runtime with CUDA (TensorRT not used: ")
+    else:
+        assert choice.name != "cuda" and choice.name != "tensorrt"
+        assert f"ONNX Runtime's CUDA provider did not start ({select.probe_ort_cuda_problem()})" in choice.reason
 
 
 def one_op_model(path: Path, op: str, elem_type: int) -> None:
@@ -120,12 +124,15 @@ def test_open_runner_keeps_the_onnxruntime_backends_and_adds_tensorrt(tmp_path: 
     from onnx import TensorProto
 
     one_op_model(tmp_path / "stitching.onnx", "Relu", TensorProto.FLOAT)
-    assert engines.BACKENDS == ("auto", "cpu", "cuda", "tensorrt")
+    assert engines.BACKENDS == ("auto", "cpu", "cuda", "tensorrt", "openvino", "openvino-bf16")
+    chosen = choose_backend("auto", tmp_path).name  # what auto takes on this machine (the CPU, or CUDA on a GPU)
     for backend in ("cpu", "auto"):
         with engines.open_runner(tmp_path / "stitching.onnx", backend) as runner:
-            assert runner.backend == "onnxruntime-cpu"
+            with engines.open_runner(tmp_path / "stitching.onnx", chosen if backend == "auto" else "cpu") as named:
+                assert runner.backend == named.backend
+            assert backend == "auto" or runner.backend == "onnxruntime-cpu"
             np.testing.assert_array_equal(runner.infer({"x": np.array([[-1.0, 0.0, 2.0]], np.float32)})["y"], [[0, 0, 2]])
-    with pytest.raises(ValueError, match=r"^unknown backend 'gpu'; choose one of auto, cpu, cuda, tensorrt$"):
+    with pytest.raises(ValueError, match=r"^unknown backend 'gpu'; choose one of auto, cpu, cuda, tensorrt, openvino, openvino-bf16$"):
         engines.open_runner(tmp_path / "stitching.onnx", "gpu")
     if isinstance(select.probe_gpu(), str):  # no GPU here: its reason, not a traceback
         with pytest.raises(ModelLoadError, match=r"^(TensorRT is not installed|no NVIDIA)"):
