@@ -203,11 +203,9 @@ def test_cuda_uploads_copy_to_device_memory_and_free_it_on_clear() -> None:
 
 
 def test_live_driving_crop_goes_through_the_device_crop_into_the_motion_extractor(
-    animator: Animator, media_dir: Path, tmp_path: Path
+    animator: Animator, first_frames: list[np.ndarray], tmp_path: Path
 ) -> None:
-    capture = cv2.VideoCapture(str(media_dir / "driving" / "d10.mp4"))
-    frame = cv2.cvtColor(capture.read()[1], cv2.COLOR_BGR2RGB)
-    capture.release()
+    frame = first_frames[0]
     face = animator.faces.analyze(frame)
     assert face is not None
     from core.crop import driving_box

@@ -24,7 +24,7 @@ from core.face import (
     lip_ratio,
     nms,
 )
-from core.images import ImageInputError, load_image
+from core.images import ImageInputError
 
 F32 = np.dtype(np.float32)
 
@@ -188,8 +188,8 @@ def test_blank_image_has_no_face(standin_dir: Path) -> None:
 
 
 @pytest.mark.parametrize("name", ["s0.jpg", "s6.jpg", "s12.jpg"])
-def test_portrait_gives_a_face_and_landmarks(standin_dir: Path, media_dir: Path, name: str) -> None:
-    img = load_image(media_dir / "portraits" / name)
+def test_portrait_gives_a_face_and_landmarks(standin_dir: Path, load_portrait, name: str) -> None:
+    img = load_portrait(name)
     with FaceModels(standin_dir) as models:
         result = models.analyze(img)
         assert result is not None and result.score >= 0.15

@@ -10,7 +10,6 @@ import pytest
 from export.face_standins import mean_face_106
 from tests.conftest import FIXTURES
 from core.crop import crop_source
-from core.images import load_image
 from core.paste import PasteError, mask_template, output_to_original, paste_back, prepare_paste_mask
 
 #: a 512 crop of the original region x 100..356, y 50..306 (scale 2)
@@ -73,8 +72,8 @@ def test_region_blend_matches_the_full_frame_formula() -> None:
     assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
 
 
-def test_identity_paste_of_a_real_portrait(media_dir: Path) -> None:
-    img = load_image(media_dir / "portraits" / "s6.jpg")
+def test_identity_paste_of_a_real_portrait(load_portrait) -> None:
+    img = load_portrait("s6.jpg")
     lmk = mean_face_106() * 250 + (360, 330)
     info = crop_source(img, lmk)
     mask = prepare_paste_mask(info.M_c2o, img.shape)
