@@ -38,6 +38,13 @@ def config_dir() -> Path:
     return platformdirs.user_config_path(APP_NAME, appauthor=False, roaming=True)
 
 
+def data_dir() -> Path:
+    """Where the app makes the models when asked to (the window's first-run panel): $LIVEPORTRAIT_DATA_DIR, else the
+    platform's per-user data folder (~/.local/share/liveportrait-rt on Linux)."""
+    override = os.environ.get("LIVEPORTRAIT_DATA_DIR")
+    return Path(override) if override else platformdirs.user_data_path(APP_NAME, appauthor=False)
+
+
 def settings_path() -> Path:
     return config_dir() / "settings.json"
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import cv2
@@ -162,11 +163,13 @@ def test_portrait_without_face_shows_message(qtbot, make_window, tmp_path: Path)
 
 def test_missing_models_message_and_camera_still_runs(qtbot, make_window, tmp_path: Path) -> None:
     window = make_window(Factory(fail=True))
-    assert window.messages["models"] == (
-        f"Models not loaded: models folder {tmp_path / 'models'} is missing motion_extractor.onnx. "
-        f"To get the models run: {DOWNLOAD_COMMAND}"
+    assert "models" not in window.messages  # said once, in the first-run panel, not also in the banner
+    assert window.models_panel.isVisibleTo(window)
+    assert window.models_reason.text() == (
+        f"Models not loaded: models folder {tmp_path / 'models'} is missing motion_extractor.onnx."
     )
-    assert window.banner.isVisibleTo(window) and DOWNLOAD_COMMAND in window.banner.text()
+    panel = " ".join(label.text() for label in window.models_panel.findChildren(QLabel))
+    assert all(command in panel for command in DOWNLOAD_COMMAND.split(" && "))
     flowing(qtbot, window)
     assert window.status_line.text() == "no models loaded" and window.last_frame.result.output is None
 
@@ -406,6 +409,8 @@ def test_first_run_panel_explains_and_rechecks_without_a_restart(qtbot, tmp_path
     window.show()
     loaded(qtbot, window)
     assert window.processor is None and window.models_panel.isVisible()
+    window.resize(1280, 720)
+    assert outside_controls(window) == []  # the panel's buttons too
     panel_text = " ".join(label.text() for label in window.models_panel.findChildren(QLabel))
     assert "pip install -r requirements-export.txt" in panel_text and "python -m export onnx" in panel_text
     models = tmp_path / "made"
@@ -417,3 +422,60 @@ def test_first_run_panel_explains_and_rechecks_without_a_restart(qtbot, tmp_path
     assert window.processor is not None and not window.models_panel.isVisible() and "models" not in window.messages
     saved = json.loads((tmp_path / "config" / "settings.json").read_text())
     assert saved["models_dir"] == str(models.resolve())  # remembered for the next start
+
+
+def fake_export(tmp_path: Path, fail: bool = False) -> list[str]:
+    """A stand-in for `python -m export`: download makes the weights folder, onnx writes the models folder."""
+    from engines.layout import MODEL_FILES
+
+    script = tmp_path / "fake_export.py"
+    script.write_text(
+        "import pathlib, sys\n"
+        "args = sys.argv[1:]\n"
+        f"if {fail!r}:\n"
+        "    print('error: cannot reach https://huggingface.co (offline)'); sys.exit(1)\n"
+        "if args[0] == 'download':\n"
+        "    print('appearance_feature_extractor.pth:  50%\\rappearance_feature_extractor.pth: 100%', flush=True)\n"
+        "    pathlib.Path(args[2]).mkdir(parents=True)\n"
+        "else:\n"
+        "    out = pathlib.Path(args[4]); out.mkdir(parents=True)\n"
+        f"    [(out / name).write_bytes(b'') for name in {sorted(MODEL_FILES.values())!r}]\n"
+        "    print(f'models ready in {out}')\n"
+    )
+    return [sys.executable, str(script)]
+
+
+def test_first_run_panel_makes_the_models_in_child_processes(qtbot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIVEPORTRAIT_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.delenv("LIVEPORTRAIT_MODELS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    window = MainWindow(Resolved, None, "cpu", tmp_path / "window.json", camera=str(tmp_path / "none.mp4"))
+    qtbot.addWidget(window)
+    window.show()
+    loaded(qtbot, window)
+    assert window.models_panel.isVisible()
+
+    window.make_models(tmp_path / "data", command=fake_export(tmp_path, fail=True))
+    qtbot.waitUntil(lambda: window.maker is None, timeout=WAIT_MS)
+    assert window.make_status.text() == "could not make the models: error: cannot reach https://huggingface.co (offline)"
+    assert window.models_panel.isVisible() and window.make_button.isEnabled()
+
+    window.make_models(tmp_path / "data", command=fake_export(tmp_path))
+    assert not window.make_button.isEnabled()
+    qtbot.waitUntil(lambda: window.maker is None, timeout=WAIT_MS)
+    loaded(qtbot, window)
+    assert window.make_status.text() == f"models made in {tmp_path / 'data' / 'models'}"
+    assert window.processor.folder == tmp_path / "data" / "models" and not window.models_panel.isVisible()
+
+
+def test_without_the_export_tools_the_panel_shows_the_pip_command(
+    qtbot, make_window, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    window = make_window()
+    monkeypatch.setattr("ui.model_maker.importlib.util.find_spec", lambda name: None if name == "torch" else object())
+    window.make_models()
+    assert window.maker is None
+    assert window.make_status.text() == (
+        "To make the models here, the export tools come first: pip install -r requirements-export.txt "
+        "--extra-index-url https://download.pytorch.org/whl/cpu (a CPU-only torch is enough) (missing: torch)"
+    )

@@ -47,7 +47,7 @@ from PySide6.QtWidgets import (
 from realtime.camera import CameraError, FrameSource, list_cameras, open_camera
 from core.images import ImageInputError, load_image
 from engines.layout import DOWNLOAD_COMMAND, ModelsMissingError
-from engines.settings import remember_models_dir
+from engines.settings import data_dir
 from realtime.frames import LiveFrame
 from realtime.live_api import BACKENDS, FakeProcessor, FrameProcessor, ProcessorFactory, load_error_message
 from realtime.loop import DROPPED_HELP, CallbackSink, LiveLoop
@@ -55,6 +55,7 @@ from core.options import ANIMATION_REGIONS, OPTION_RANGES, ProcessOptions
 from realtime.record import Recorder
 from render.outputs import RecordError, plural
 from realtime.vcam import CameraBackend, VirtualCameraUnavailable, VirtualCamSink
+from ui.model_maker import ModelMaker, missing_export_tools, tools_hint
 from ui.settings import Settings, same_kind
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ FIRST_RUN_TEXT = (
     "<b>No models yet.</b> Make them once (needs the export tools; a CPU-only torch is enough):<br>"
     "<code>pip install -r requirements-export.txt --extra-index-url https://download.pytorch.org/whl/cpu</code><br>"
     f"<code>{DOWNLOAD_COMMAND.replace(' && ', '<br>')}</code><br>"
-    "then choose the models folder here, or click Check again."
+    "then choose the models folder here, or click Check again. Or let the app do both now (it takes minutes):"
 )
 TOGGLE_STYLE = (
     "QPushButton { font-size: 15px; font-weight: bold; padding: 8px 16px; min-height: 30px; }"
@@ -207,6 +208,7 @@ class MainWindow(QMainWindow):
         self.bridge.processor_ready.connect(self._on_processor_ready)
         self.loaded_backend = ""  # the backend of self.processor; the device combo returns to it when a load fails
         self.closing = False
+        self.maker: ModelMaker | None = None  # making the models (first-run panel)
         self.option_widgets: dict[str, QWidget] = {}
 
         self._build(backend)
@@ -294,6 +296,9 @@ class MainWindow(QMainWindow):
         self.models_panel = QFrame()
         self.models_panel.setObjectName("modelsPanel")
         self.models_panel.setStyleSheet("#modelsPanel { background:#e8f0fe; border:1px solid #8ab4f8; }")
+        self.models_reason = QLabel()
+        self.models_reason.setWordWrap(True)
+        self.models_reason.setStyleSheet("color:#5c4400;")
         text = QLabel(FIRST_RUN_TEXT)
         text.setWordWrap(True)
         text.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -301,11 +306,16 @@ class MainWindow(QMainWindow):
         choose.clicked.connect(self._choose_models)
         again = QPushButton("Check again")
         again.clicked.connect(lambda: self._load_processor(self.device_combo.currentText()))
+        self.make_button = QPushButton("Make the models here")
+        self.make_button.setToolTip(f"Download and export into {data_dir()}")
+        self.make_button.clicked.connect(lambda: self.make_models())
+        self.make_status = ElidedLabel()
         buttons = QHBoxLayout()
-        buttons.addWidget(choose)
-        buttons.addWidget(again)
-        buttons.addStretch(1)
+        for button in (choose, again, self.make_button):
+            buttons.addWidget(button)
+        buttons.addWidget(self.make_status, 1)
         box = QVBoxLayout(self.models_panel)
+        box.addWidget(self.models_reason)
         box.addWidget(text)
         box.addLayout(buttons)
         self.models_panel.hide()
@@ -484,9 +494,12 @@ class MainWindow(QMainWindow):
             if not isinstance(result, Exception):
                 result.close()  # type: ignore[attr-defined]
             return
-        self.models_panel.setVisible(isinstance(result, ModelsMissingError))
+        missing = isinstance(result, ModelsMissingError)
+        self.models_panel.setVisible(missing)
         if isinstance(result, Exception):
-            self.set_message("models", f"Models not loaded: {load_error_message(result)}")
+            if missing:  # the panel says how to make them: only what is missing, once, in the panel
+                self.models_reason.setText(f"Models not loaded: {str(result).split('; create')[0]}.")
+            self.set_message("models", None if missing else f"Models not loaded: {load_error_message(result)}")
             if self.processor is None:
                 self.backend_label.setText("processor: none (the camera preview still runs)")
             else:
@@ -512,6 +525,27 @@ class MainWindow(QMainWindow):
     def _choose_models(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Models folder (from python -m export onnx)")
         if folder:
+            self.use_models_dir(Path(folder))
+
+    def make_models(self, folder: Path | None = None, command: list[str] | None = None) -> None:
+        """Download and export the models into `folder` (default: the app's data folder) in child processes, the
+        last output line showing in the panel; they load when done. `command` stands in for the export tools."""
+        if command is None and missing_export_tools():
+            self.make_status.setText(tools_hint())
+            return
+        self.maker = ModelMaker(folder or data_dir(), command)
+        self.maker.progress.connect(self.make_status.setText)
+        self.maker.finished.connect(self._on_models_made)
+        self.make_button.setEnabled(False)
+        self.maker.start()
+
+    def _on_models_made(self, folder: str, error: str) -> None:
+        self.maker = None
+        self.make_button.setEnabled(True)
+        if error:
+            self.make_status.setText(f"could not make the models: {error}")
+        else:
+            self.make_status.setText(f"models made in {folder}")
             self.use_models_dir(Path(folder))
 
     def use_models_dir(self, folder: Path) -> None:
@@ -754,6 +788,8 @@ class MainWindow(QMainWindow):
             return True
         self.closing = True
         self.readout_timer.stop()
+        if self.maker is not None:
+            self.maker.stop()
         joined = self.loop.stop(2.0) if self.loop is not None else True  # closes the processor too
         if self.loop is None and self.processor is not None:
             self.processor.close()
