@@ -1,5 +1,6 @@
-"""The ComfyUI nodes: a loader that opens an exported models folder as a LIVEPORTRAITPIPE, and LivePortraitProcess,
-which hands IMAGE batches to the project's own render.offline.process() (the method is not implemented twice).
+"""The ComfyUI nodes: a loader that opens an exported models folder as a LIVEPORTRAITPIPE, LivePortraitProcess,
+which hands IMAGE batches to the project's own render.offline.process() (the method is not implemented twice), and
+the expression editor, which runs render.offline.edit_portrait() on each image of a batch.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from engines.select import BACKENDS, choose_backend
 from engines.layout import DOWNLOAD_COMMAND, WEIGHT_FILES, ModelsMissingError, missing_models
 from render import offline as render
 from core.images import ImageInputError
+from core.edit import EDIT_HELP, EDIT_RANGES, RATIO_CONTROLS, Edit
 from core.options import DEVICES, NODE_OPTIONS, OPTION_RANGES, ProcessOptions
 from core.animator import Animator
 from engines.settings import resolve_models_dir
@@ -38,6 +40,7 @@ NODE_STEPS = {
 #: beyond it the batch is in another range (0..255 pixels, -1..1) and refused
 IMAGE_SLACK = 0.5
 BACKEND_TOOLTIP = "onnx_device: the LivePortraitProcess node's onnx_device (CPU or CUDA) decides; else a fixed backend"
+ONNX_DEVICE_INPUT = (list(DEVICES), {"default": "CPU", "tooltip": "used when the loader's backend is onnx_device"})
 
 #: opened Animators per (resolved models folder, backend name): sessions are opened once per ComfyUI process,
 #: not once per run, and two loader nodes on the same folder share them
@@ -189,31 +192,93 @@ class LivePortraitProcess:
         return {
             "required": {"pipeline": (PIPE_TYPE,), "source_image": ("IMAGE",), "driving_images": ("IMAGE",), **options},
             "optional": {
-                "onnx_device": (
-                    list(DEVICES),
-                    {"default": defaults.onnx_device, "tooltip": "used when the loader's backend is onnx_device"},
+                "onnx_device": ONNX_DEVICE_INPUT,
+                "source_is_video": (
+                    "BOOLEAN",
+                    {"default": False, "tooltip": "the source batch is the frames of ONE video: frame i is animated "
+                     "by driving frame i, stopping at the shorter (official video-to-video)"},
                 ),
             },
         }
 
     def process(
-        self, pipeline: LivePortraitPipe, source_image: Any, driving_images: Any, **options: Any
+        self,
+        pipeline: LivePortraitPipe,
+        source_image: Any,
+        driving_images: Any,
+        source_is_video: bool = False,
+        **options: Any,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """IMAGE batches in, (cropped_images, full_images) IMAGE batches out; options are ProcessOptions' fields."""
-        if not isinstance(pipeline, LivePortraitPipe):
-            raise PipelineTypeError(
-                f"pipeline is a {type(pipeline).__name__} from another LivePortrait node pack; "
-                "connect the 'Load LivePortrait RT models' node instead"
-            )
         settings = ProcessOptions(**options)
         crops, fulls = render.process(
             image_batch_to_uint8(source_image, "source_image"),
             image_batch_to_uint8(driving_images, "driving_images"),
             settings,
-            pipeline.animator(settings.onnx_device),
+            our_pipeline(pipeline).animator(settings.onnx_device),
             comfy_progress(),
+            source_is_video=source_is_video,
         )
         return uint8_to_image_batch(crops), uint8_to_image_batch(one_size_batch(fulls))
+
+
+def our_pipeline(pipeline: Any) -> LivePortraitPipe:
+    """The pipeline input, checked to be ours (another pack may also call its pipeline type LIVEPORTRAITPIPE)."""
+    if not isinstance(pipeline, LivePortraitPipe):
+        raise PipelineTypeError(
+            f"pipeline is a {type(pipeline).__name__} from another LivePortrait node pack; "
+            "connect the 'Load LivePortrait RT models' node instead"
+        )
+    return pipeline
+
+
+#: a target-ratio widget at this value means "unset" (the portrait keeps its own opening): a FLOAT widget has no None
+UNSET_RATIO = -1.0
+
+
+class LivePortraitExpressionEditor:
+    """Edits the expression and head pose of each image of a batch with the official demo's sliders."""
+
+    DESCRIPTION = ("Edits each portrait of the batch (smile, wink, eyebrows, gaze, lips, head pose, eye/lip opening) "
+                   "as the official LivePortrait demo's sliders do; full photos and 512x512 crops out.")
+    RETURN_TYPES = ("IMAGE", "IMAGE")
+    RETURN_NAMES = ("images", "cropped_images")
+    FUNCTION = "edit"
+    CATEGORY = CATEGORY
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, dict[str, tuple]]:
+        controls: dict[str, tuple] = {}
+        for name, (low, high) in EDIT_RANGES.items():
+            default = getattr(Edit(), name)
+            tooltip = EDIT_HELP[name]
+            if name in RATIO_CONTROLS:
+                low, default, tooltip = UNSET_RATIO, UNSET_RATIO, f"{tooltip} ({UNSET_RATIO:g} = unset)"
+            controls[name] = ("FLOAT", {"default": default, "min": low, "max": high, "step": 0.001, "tooltip": tooltip})
+        return {
+            "required": {"pipeline": (PIPE_TYPE,), "image": ("IMAGE",), **controls},
+            "optional": {"onnx_device": ONNX_DEVICE_INPUT},
+        }
+
+    def edit(
+        self, pipeline: LivePortraitPipe, image: Any, onnx_device: str = "CPU", **controls: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """IMAGE batch in, (edited full images, edited crops) out; every image gets the same controls."""
+        for name in RATIO_CONTROLS:
+            if controls.get(name) == UNSET_RATIO:
+                controls[name] = None  # type: ignore[assignment]
+        options = ProcessOptions(onnx_device=onnx_device, edit=Edit(**controls))
+        animator = our_pipeline(pipeline).animator(onnx_device)
+        progress = comfy_progress()
+        images = image_batch_to_uint8(image, "image")
+        crops, fulls = [], []
+        for done, frame in enumerate(images, 1):
+            crop, full = render.edit_portrait(animator, frame, options)
+            crops.append(crop)
+            fulls.append(full)
+            if progress is not None:
+                progress(done, len(images))
+        return uint8_to_image_batch(np.stack(fulls)), uint8_to_image_batch(np.stack(crops))
 
 
 def comfy_progress() -> Callable[[int, int], None] | None:
@@ -233,8 +298,13 @@ def comfy_progress() -> Callable[[int, int], None] | None:
     return on_frame
 
 
-NODE_CLASS_MAPPINGS = {"LivePortraitRTLoader": LivePortraitRTLoader, "LivePortraitProcess": LivePortraitProcess}
+NODE_CLASS_MAPPINGS = {
+    "LivePortraitRTLoader": LivePortraitRTLoader,
+    "LivePortraitProcess": LivePortraitProcess,
+    "LivePortraitRTExpressionEditor": LivePortraitExpressionEditor,
+}
 NODE_DISPLAY_NAME_MAPPINGS = {
     "LivePortraitRTLoader": "Load LivePortrait RT models",
     "LivePortraitProcess": "LivePortrait Process (RT)",
+    "LivePortraitRTExpressionEditor": "LivePortrait Expression Editor (RT)",
 }

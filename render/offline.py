@@ -386,9 +386,15 @@ def edit_image(animator: Animator, source_path: Path, out: Path, options: Proces
     if Path(out).suffix.lower() not in IMAGE_SUFFIXES:
         raise ValueError(f"{out}: an edit is one picture; name it .png or .jpg")
     sink = ImageFile(out, overwrite)  # refuses an existing file before the slow part
-    src = animator.prepare_source(load_image(source_path), options)
-    _, full = animator.render(src, animator.edit_keypoints(src, options))
+    _, full = edit_portrait(animator, load_image(source_path), options)
     sink.write(full)
+
+
+def edit_portrait(animator: Animator, image: np.ndarray, options: ProcessOptions) -> tuple[np.ndarray, np.ndarray]:
+    """(edited 512 crop, edited full photo) of one portrait (RGB uint8), options.edit applied as the official demo
+    does; the ComfyUI expression editor runs it per image of its batch."""
+    src = animator.prepare_source(to_rgb_uint8(image), options)
+    return animator.render(src, animator.edit_keypoints(src, options))
 
 
 def make_template(animator: Animator, driving_path: Path, out: Path, overwrite: bool = False) -> int:

@@ -68,8 +68,9 @@ def test_process_node_inputs_match_the_interface_field_by_field() -> None:
     for name, expected in PROCESS_INPUTS.items():
         assert _field(inputs["required"][name]) == expected, name
     assert inputs["required"]["pipeline"] == ("LIVEPORTRAITPIPE",)
-    assert list(inputs["optional"]) == ["onnx_device"]
+    assert list(inputs["optional"]) == ["onnx_device", "source_is_video"]
     assert _field(inputs["optional"]["onnx_device"]) == (["CPU", "CUDA"], "CPU", None, None, None)
+    assert _field(inputs["optional"]["source_is_video"]) == ("BOOLEAN", False, None, None, None)  # the seed's way
 
 
 def test_node_outputs_category_and_mappings() -> None:
@@ -80,12 +81,14 @@ def test_node_outputs_category_and_mappings() -> None:
     assert LivePortraitRTLoader.FUNCTION == "load" and LivePortraitRTLoader.CATEGORY == "LivePortrait"
     loader_inputs = LivePortraitRTLoader.INPUT_TYPES()["required"]
     assert _field(loader_inputs["weights_dir"]) == ("STRING", "", None, None, None)
-    backends = ["onnx_device", "auto", "cpu", "cuda", "tensorrt"]
+    backends = ["onnx_device", "auto", "cpu", "cuda", "tensorrt", "openvino", "openvino-bf16"]
     assert _field(loader_inputs["backend"]) == (backends, "onnx_device", None, None, None)
     assert NODE_CLASS_MAPPINGS == {
         "LivePortraitRTLoader": LivePortraitRTLoader,
         "LivePortraitProcess": LivePortraitProcess,
+        "LivePortraitRTExpressionEditor": nodes.LivePortraitExpressionEditor,
     }
+    assert NODE_DISPLAY_NAME_MAPPINGS["LivePortraitRTExpressionEditor"] == "LivePortrait Expression Editor (RT)"
     assert set(NODE_DISPLAY_NAME_MAPPINGS) == set(NODE_CLASS_MAPPINGS)
     for cls in NODE_CLASS_MAPPINGS.values():  # ComfyUI calls FUNCTION with every input as a keyword argument
         inputs = cls.INPUT_TYPES()
@@ -162,7 +165,7 @@ def test_loader_uses_the_configured_folder_and_checks_the_backend(
 ) -> None:
     monkeypatch.setenv("LIVEPORTRAIT_MODELS", str(reduced_models))
     assert LivePortraitRTLoader().load("  ", "onnx_device") == (LivePortraitPipe(reduced_models, "onnx_device"),)
-    assert LivePortraitRTLoader().load(str(reduced_models), "auto")[0].backend in ("cpu", "cuda", "tensorrt")
+    assert LivePortraitRTLoader().load(str(reduced_models), "auto")[0].backend in ("cpu", "cuda", "tensorrt", "openvino")
     if NO_CUDA:
         with pytest.raises(BackendUnavailable, match="^ONNX Runtime CUDA was asked for, but .*; choose the cpu"):
             LivePortraitRTLoader().load(str(reduced_models), "cuda")
@@ -310,7 +313,7 @@ def test_package_imports_the_way_comfyui_loads_custom_nodes(tmp_path: Path, how:
     assert result.returncode == 0, result.stderr
     loaded = json.loads(result.stdout.splitlines()[-1])
     assert loaded == {
-        "nodes": ["LivePortraitProcess", "LivePortraitRTLoader"],
+        "nodes": ["LivePortraitProcess", "LivePortraitRTExpressionEditor", "LivePortraitRTLoader"],
         "realtime": str(REPO / "realtime" / "__init__.py"),
         "comfy": False,
     }
