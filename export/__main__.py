@@ -15,17 +15,17 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m export", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("download", help="fetch the official LivePortrait weights (resumable, verified)")
+    p = sub.add_parser("download", help="fetch the official LivePortrait weights through huggingface_hub (sha256-verified)")
     p.add_argument("--to", type=Path, required=True, help="weights folder (release layout)")
 
     p = sub.add_parser("fake-weights", help="write random weights in the official layout (tests, CI, demos)")
-    p.add_argument("--to", type=Path, required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--to", type=Path, required=True, help="weights folder to write (release layout)")
+    p.add_argument("--seed", type=int, default=0, help="random seed, so the same seed gives the same weights")
     p.add_argument("--reduced", action="store_true", help="reduced-width architecture (fast on CPU)")
     p.add_argument("--force", action="store_true", help="replace files that already exist")
 
     p = sub.add_parser("onnx", help="export every network to ONNX and verify it against PyTorch")
-    p.add_argument("--weights", type=Path, required=True)
+    p.add_argument("--weights", type=Path, required=True, help="weights folder (from download or fake-weights)")
     p.add_argument("--out", type=Path, required=True, help="models folder the app runs from")
     p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
     p.add_argument("--force", action="store_true", help="replace ONNX files that already exist")
@@ -34,8 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", type=Path, required=True, help="models folder written by the onnx command")
     p.add_argument("--out", type=Path, required=True, help="engine cache folder")
     precision = p.add_mutually_exclusive_group()
-    precision.add_argument("--fp16", dest="precision", action="store_const", const="fp16")
-    precision.add_argument("--fp32", dest="precision", action="store_const", const="fp32")
+    precision.add_argument("--fp16", dest="precision", action="store_const", const="fp16",
+                           help="half precision where it is safe (the default)")
+    precision.add_argument("--fp32", dest="precision", action="store_const", const="fp32", help="full precision")
     p.set_defaults(precision="fp16")
     return parser
 

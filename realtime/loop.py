@@ -398,6 +398,8 @@ class LiveLoop:
             s.fps = (len(times) - 1) / (times[-1] - times[0])
         elif len(last_two) == 2:  # under 1 frame per window (a CPU): the last interval, or the wait since if longer
             s.fps = 1.0 / max(last_two[1] - last_two[0], now - last_two[1], 1e-6)
+        elif s.timings.get("process"):  # one frame so far: what it took
+            s.fps = 1000.0 / s.timings["process"]
         s.camera_status = self.source.status
         return s
 
