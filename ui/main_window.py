@@ -56,6 +56,7 @@ from realtime.record import Recorder
 from render.outputs import RecordError, plural
 from realtime.vcam import CameraBackend, VirtualCameraUnavailable, VirtualCamSink
 from ui.model_maker import ModelMaker, missing_export_tools, tools_hint
+from ui.expression import ExpressionSection
 from ui.settings import Settings, same_kind
 
 log = logging.getLogger(__name__)
@@ -144,8 +145,10 @@ class PreviewArea(QWidget):
 
 
 def saved_options(options: ProcessOptions) -> dict[str, object]:
-    """The options worth keeping in window.json: the plain values (the device is chosen anew, an edit is not JSON)."""
-    return {k: v for k, v in options.__dict__.items() if k != "onnx_device" and isinstance(v, (bool, int, float, str))}
+    """The options worth keeping in window.json: the plain values (the device is chosen anew) and the edit's
+    changed controls as a dict."""
+    plain = {k: v for k, v in options.__dict__.items() if k != "onnx_device" and isinstance(v, (bool, int, float, str))}
+    return plain | {"edit": options.edit.changed()}
 
 
 def to_pixmap(image_rgb: np.ndarray, size: QSize) -> QPixmap:
@@ -243,12 +246,14 @@ class MainWindow(QMainWindow):
         left.addWidget(self.status_line)
         left.addLayout(self._toggles())
 
+        self.expression = ExpressionSection(self.settings.options.get("edit"), self._push_options)
         self.sections = QTabWidget()
         self.sections.setFixedWidth(PANEL_WIDTH)
         self.add_section("Camera", self._camera_group())
         self.add_section("Portrait", self._portrait_group())
         self.add_section("Animation", self._options_group())
         self.add_section("Output", self._output_group(backend))
+        self.add_section("Expression", self.expression)
 
         root = QHBoxLayout()
         root.addLayout(left, 1)
@@ -561,7 +566,7 @@ class MainWindow(QMainWindow):
             else:
                 values[name] = widget.isChecked() if isinstance(widget, QCheckBox) else widget.value()  # type: ignore[attr-defined]
         values["onnx_device"] = "CUDA" if self.device_combo.currentText() == "cuda" else "CPU"
-        return ProcessOptions(**values)
+        return ProcessOptions(**values, edit=self.expression.edit())
 
     def _push_options(self) -> None:
         options = self.current_options()
