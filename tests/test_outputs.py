@@ -22,18 +22,6 @@ def duration_s(path: Path) -> float:
     return int(h) * 3600 + int(m) * 60 + float(s)
 
 
-def read_frames(path: Path) -> list[np.ndarray]:
-    capture = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-    capture.release()
-    return frames
-
-
 def clip(path: Path, seconds: float, sound: bool) -> Path:
     """A generated test clip (ffmpeg's test pattern), with a 440 Hz tone when `sound`."""
     inputs = ["-f", "lavfi", "-i", f"testsrc=size=160x120:rate=25:duration={seconds}"]
@@ -52,7 +40,7 @@ def frames_of(count: int, height: int, width: int) -> list[np.ndarray]:
     ]
 
 
-def test_frames_come_back_from_h264_and_odd_sides_get_one_black_line(tmp_path: Path) -> None:
+def test_frames_come_back_from_h264_and_odd_sides_get_one_black_line(tmp_path: Path, read_video) -> None:
     out = tmp_path / "odd.mp4"
     frames = frames_of(5, 501, 375)
     video = VideoFile(out, 25)
@@ -62,7 +50,7 @@ def test_frames_come_back_from_h264_and_odd_sides_get_one_black_line(tmp_path: P
     info = probe(out)
     assert re.search(r"Video: h264 .*yuv420p.*376x502", info), info
     assert "Audio:" not in info and not has_audio(out)
-    back = read_frames(out)
+    back = read_video(out)
     assert len(back) == 5
     for sent, got in zip(frames, back):
         assert got.shape == (502, 376, 3)
@@ -71,7 +59,7 @@ def test_frames_come_back_from_h264_and_odd_sides_get_one_black_line(tmp_path: P
         assert luma[-1].mean() < 20 and luma[:, -1].mean() < 20 < 120 < luma[-2].mean()  # padding is black
 
 
-def test_the_driving_videos_sound_is_kept_and_cut_to_the_animation(tmp_path: Path) -> None:
+def test_the_driving_videos_sound_is_kept_and_cut_to_the_animation(tmp_path: Path, read_video) -> None:
     talking = clip(tmp_path / "talking.mp4", 2.0, sound=True)
     silent = clip(tmp_path / "silent.mp4", 0.4, sound=False)
     assert has_audio(talking) and not has_audio(silent) and not has_audio(tmp_path / "nothing.mp4")
@@ -80,7 +68,7 @@ def test_the_driving_videos_sound_is_kept_and_cut_to_the_animation(tmp_path: Pat
     for frame in frames_of(10, 120, 160):
         video.write(frame)
     video.close()
-    assert re.search(r"Audio: aac", probe(out)) and len(read_frames(out)) == 10
+    assert re.search(r"Audio: aac", probe(out)) and len(read_video(out)) == 10
     assert 0.35 <= duration_s(out) <= 0.5  # 10 frames at 25 fps: the 2 s of sound are cut to the video
 
     short = clip(tmp_path / "short.mp4", 0.2, sound=True)
@@ -89,7 +77,7 @@ def test_the_driving_videos_sound_is_kept_and_cut_to_the_animation(tmp_path: Pat
     for frame in frames_of(20, 120, 160):
         video.write(frame)
     video.close()
-    assert len(read_frames(out)) == 20 and duration_s(out) >= 0.75  # a shorter sound never cuts the video
+    assert len(read_video(out)) == 20 and duration_s(out) >= 0.75  # a shorter sound never cuts the video
 
 
 def test_bad_names_and_failed_encodes_get_one_line_errors(tmp_path: Path) -> None:
@@ -120,7 +108,7 @@ def test_an_encoder_that_dies_mid_recording_is_a_record_error(tmp_path: Path) ->
     video.close()  # already finished: nothing left to do
 
 
-def test_the_live_recorder_keeps_real_time_when_frames_come_slowly(tmp_path: Path) -> None:
+def test_the_live_recorder_keeps_real_time_when_frames_come_slowly(tmp_path: Path, read_video) -> None:
     """A CPU animating about one frame a second: each picture is held until the next, so seconds stay seconds."""
     from realtime.live_api import FrameResult
     from realtime.frames import LiveFrame
@@ -134,7 +122,7 @@ def test_the_live_recorder_keeps_real_time_when_frames_come_slowly(tmp_path: Pat
     recorder.send(LiveFrame(camera, FrameResult(pictures[0]), 200.0, 0))  # after a 98 s stall: 10 s held at most
     recorder.close()
     assert recorder.frames == 1 + 10 + 1 + 9 + 100
-    back = read_frames(tmp_path / "live.mp4")
+    back = read_video(tmp_path / "live.mp4")
     assert len(back) == recorder.frames
     def shown(index: int) -> int:
         """Which picture frame `index` of the video shows (the pictures differ by 20+ levels, H.264 by ~2)."""
