@@ -242,7 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore")
-    default_sigterm = signal.signal(signal.SIGTERM, _terminated)
+    window = args.command is None or (args.command == "live" and not args.no_window)
+    # a terminal command ends on SIGTERM as on Ctrl+C; the window keeps the default (Qt slots would swallow it)
+    default_sigterm = signal.signal(signal.SIGTERM, signal.getsignal(signal.SIGTERM) if window else _terminated)
     try:
         code = COMMANDS[args.command](args) if args.command else cmd_app(args)
     except KeyboardInterrupt as exc:  # a render's says how far it got and that no output was replaced
