@@ -209,7 +209,7 @@ def test_virtual_camera_on_off_and_unavailable(qtbot, make_window, media_dir: Pa
     assert window.messages["vcam"].startswith("virtual camera unavailable (no device); to enable it, ")
 
 
-def test_recording_never_overwrites_silently(qtbot, make_window, media_dir: Path, tmp_path: Path) -> None:
+def test_recording_never_overwrites_silently(qtbot, make_window, media_dir: Path, tmp_path: Path, read_video) -> None:
     window = make_window()
     window.load_portrait(media_dir / "portraits" / "s0.jpg")
     out = tmp_path / "take.mp4"
@@ -218,7 +218,9 @@ def test_recording_never_overwrites_silently(qtbot, make_window, media_dir: Path
     assert window.record_button.text() == RECORD_ON and window.record_button.isChecked()
     qtbot.waitUntil(lambda: recorder.frames >= 5, timeout=WAIT_MS)
     window.stop_recording()
-    assert out.stat().st_size > 0 and window.record_status.text().startswith("saved ")
+    assert window.record_status.text() == f"saved {recorder.frames} frames to {out}"
+    recorded = read_video(out)  # the animated portrait (s0.jpg, 600x704), held in real time: at least every frame
+    assert len(recorded) >= recorder.frames >= 5 and {f.shape for f in recorded} == {(704, 600, 3)}
     window.start_recording(out)
     assert window.recorder is None
     assert window.messages["record"] == f"{out} already exists; choose another name, or allow replacing it (--force on the command line)"
