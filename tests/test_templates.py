@@ -10,7 +10,6 @@ import pytest
 
 from core.motion import Motion
 from core.templates import (
-    Template,
     TemplateError,
     load_official_template,
     load_template,
@@ -155,7 +154,8 @@ def test_pickle_and_non_npz_files_are_refused(tmp_path: Path) -> None:
 def test_template_frames_are_read_only_and_bounded(tmp_path: Path) -> None:
     np.savez(tmp_path / "ok.npz", **good_arrays(3))
     tpl = load_template(tmp_path / "ok.npz")
-    assert isinstance(tpl, Template)
+    assert len(tpl) == 3 and tpl.fps == 25.0
+    np.testing.assert_array_equal(tpl.motion(2).exp, good_arrays(3)["exp"][2])  # frame 2 is the third saved frame
     with pytest.raises(ValueError):
         tpl.motion(0).exp[0, 0] = 1.0
     with pytest.raises(IndexError) as err:
