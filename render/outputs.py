@@ -205,24 +205,26 @@ class VideoFile:
         partial, self.partial = self.partial, None
         try:
             reason = self._end(kill=False)
-            if reason is not None:
-                raise RecordError(self._failed(reason))
-            if partial is not None:
-                self._publish(partial)
-        finally:
+        except BaseException:
             if partial is not None:
                 partial.unlink(missing_ok=True)
+            raise
+        if reason is not None:
+            if partial is not None:
+                partial.unlink(missing_ok=True)
+            raise RecordError(self._failed(reason))
+        if partial is not None:
+            self._publish(partial)
 
     def _publish(self, partial: Path) -> None:
+        """Rename the finished video into place; if that fails, it stays under its temporary name, and is said."""
+        kept = f"the finished video ({plural(self.frames, 'frame')}) is kept as {partial}"
         try:
             publish(partial, self.target, self.overwrite)
         except FileExistsError:
-            raise RecordExistsError(
-                f"{self.path} appeared while it was being written and is left as it was; "
-                f"the {plural(self.frames, 'frame')} written are lost - choose another name"
-            ) from None
+            raise RecordExistsError(f"{self.path} appeared while it was being written and is left as it was; {kept}") from None
         except OSError as exc:
-            raise RecordError(self._failed(exc.strerror or str(exc))) from None
+            raise RecordError(f"cannot rename the video to {self.path} ({exc.strerror or exc}); {kept}") from None
 
     def discard(self) -> None:
         """Abandon the file (an interrupted render): ffmpeg is stopped, its temporary file removed, the target

@@ -190,6 +190,19 @@ def test_1_a_full_disk_leaves_no_file_and_says_why_and_how_far(tmp_path: Path) -
     assert leftovers(tmp_path) == []  # no 0-byte video or picture, no temporary file
 
 
+def test_1_a_file_that_appears_while_recording_is_kept_and_so_is_the_new_video(tmp_path: Path) -> None:
+    """Two apps recording to one name: neither file is lost; the second says where its video is."""
+    video = VideoFile(tmp_path / "rec.mp4", 25)
+    video.write(np.zeros((48, 64, 3), np.uint8))
+    (tmp_path / "rec.mp4").write_bytes(b"the other app's recording")
+    with pytest.raises(RecordError) as err:
+        video.close()
+    (kept,) = leftovers(tmp_path, tmp_path / "rec.mp4")
+    assert str(err.value) == (f"{tmp_path / 'rec.mp4'} appeared while it was being written and is left as it was; "
+                              f"the finished video (1 frame) is kept as {tmp_path / kept}")
+    assert (tmp_path / "rec.mp4").read_bytes() == b"the other app's recording" and (tmp_path / kept).stat().st_size > 0
+
+
 # -- 2, 3, 4. outputs that would destroy inputs or each other ------------------------------------------------
 def test_2_an_output_that_is_an_input_is_refused_even_with_force(tmp_path: Path) -> None:
     source, template = inputs(tmp_path)
