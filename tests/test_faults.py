@@ -17,7 +17,7 @@ import tracemalloc
 import zipfile
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import cv2
 import numpy as np
@@ -29,7 +29,7 @@ from core.options import ProcessOptions
 from core.templates import MAX_FRAMES, TemplateError, load_template, save_template
 from realtime.camera import VideoFileSource
 from realtime.frames import LiveFrame
-from realtime.live_api import FakeProcessor, FrameResult
+from realtime.live_api import FakeProcessor
 from realtime.loop import LiveLoop, run_headless
 from render.offline import make_template, render
 from render.outputs import Interrupted, RecordError, VideoFile
@@ -64,7 +64,7 @@ def inputs(folder: Path, frames: int = 10) -> tuple[Path, Path]:
     return source, template
 
 
-def stop_after(count: int, interrupt: Iterator[None]) -> "callable":
+def stop_after(count: int, interrupt: Iterator[None]) -> Callable[[Iterable, int], Iterator]:
     """A progress wrapper that lets `count` frames through, then runs `interrupt` (raise, or signal ourselves)."""
 
     def progress(frames: Iterable, total: int) -> Iterator:
