@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterator
 
 import cv2
 import numpy as np
@@ -33,10 +32,10 @@ NO_FACE_STATUS = "no face in view: holding the last pose"
 
 
 @pytest.fixture
-def processor(reduced_models: Path) -> Iterator[LiveProcessor]:
-    made = make_processor(reduced_models, "cpu")
-    yield made
-    made.close()
+def processor(animator) -> LiveProcessor:
+    """A fresh live processor (no portrait, no reference, no filters) on the session's Animator: its sessions are
+    opened once (make_processor itself is tested below)."""
+    return LiveProcessor(animator)
 
 
 def distances(motion: Motion, reference: Motion) -> np.ndarray:
