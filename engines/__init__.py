@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Mapping
 
 from engines.base import ModelLoadError, Runner, TensorSpec
-from engines.select import BACKENDS, BackendChoice, BackendUnavailable, choose_backend
+from engines.select import BACKENDS, OPENVINO_PRECISIONS, BackendChoice, BackendUnavailable, choose_backend
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +18,8 @@ def open_runner(
 
     "cpu" and "cuda" run the ONNX file with ONNX Runtime; "tensorrt" runs its cached engine (built first when
     missing or stale, in `engine_dir`, by default <models>/engines); "auto" takes the first of those that works.
-    `cuda_graph` (TensorRT only) replays each engine launch from a captured CUDA graph.
+    `cuda_graph` (TensorRT only) replays each engine launch from a captured CUDA graph. "openvino" and
+    "openvino-bf16" run it with OpenVINO on the CPU, caching compiled models in `engine_dir`/openvino.
     """
     path = Path(path)
     if backend not in BACKENDS:
@@ -33,6 +34,10 @@ def open_runner(
 
         cache = engine_dir or default_engine_dir(path.parent)
         runner: Runner = open_trt_runner(path, cache, precision, log.info, cuda_graph=cuda_graph)
+    elif backend in OPENVINO_PRECISIONS:
+        from engines.openvino import OpenVinoRunner
+
+        runner = OpenVinoRunner(path, OPENVINO_PRECISIONS[backend], engine_dir and Path(engine_dir) / "openvino")
     else:
         from engines.ort import OrtRunner
 

@@ -36,6 +36,21 @@ def _spec(arg: Any, path: Path) -> TensorSpec:
     return TensorSpec(arg.name, shape, _ORT_DTYPES[arg.type])
 
 
+def session_options(flush_denormals: bool = True) -> Any:
+    """The app's ONNX Runtime session options. Denormal floats are flushed to zero: the warping module's keypoint
+    heatmaps underflow into denormals, which made its CPU convolutions 1.8x slower (same output); only the CPU
+    benchmark turns flushing off, to show that."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    # busy-waiting worker threads starve the app's other threads (capture, UI, a second session) on few cores
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if flush_denormals:
+        options.add_session_config_entry("session.set_denormal_as_zero", "1")
+    return options
+
+
 class OrtRunner(Runner):
     """One onnxruntime InferenceSession.
 
@@ -61,12 +76,8 @@ class OrtRunner(Runner):
         if want_cuda:  # CUDA and cuDNN from NVIDIA's pip packages, before the provider looks for them
             preload_cuda_libraries()
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if want_cuda else ["CPUExecutionProvider"]
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        # busy-waiting worker threads starve the app's other threads (capture, UI, a second session) on few cores
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
+            self.session = ort.InferenceSession(str(self.path), sess_options=session_options(), providers=providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors for corrupt files
             raise ModelLoadError(
                 f"{self.path} could not be loaded ({str(exc).splitlines()[0][:200]}); "

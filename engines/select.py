@@ -13,8 +13,10 @@ from pathlib import Path
 from engines.base import ModelLoadError
 from engines.trt import GpuInfo, NoGpuError, find_gpu, import_tensorrt
 
-#: user-facing backend names; "auto" picks the first that works of tensorrt, cuda, cpu
-BACKENDS = ("auto", "cpu", "cuda", "tensorrt")
+#: user-facing backend names; "auto" picks the first that works of tensorrt, cuda, openvino (f32), cpu
+BACKENDS = ("auto", "cpu", "cuda", "tensorrt", "openvino", "openvino-bf16")
+#: OpenVINO backend name -> its precision
+OPENVINO_PRECISIONS = {"openvino": "f32", "openvino-bf16": "bf16"}
 
 
 class BackendUnavailable(RuntimeError):
@@ -118,12 +120,33 @@ def _tensorrt_problem(models_dir: Path, precision: str) -> tuple[str | None, str
     return None, f"{where}: engines will be built on first use (several minutes, once per GPU)"
 
 
+def openvino_problem(models_dir: Path, precision: str) -> str | None:
+    """None when OpenVINO can run the models folder on this CPU in `precision`, else why not (the problem only)."""
+    from engines.openvino import GATHER_WARP_ONNX, cpu_capabilities, import_openvino
+
+    try:
+        import_openvino()
+    except ModelLoadError:
+        return "OpenVINO is not installed (pip install openvino)"
+    if not (Path(models_dir) / GATHER_WARP_ONNX).is_file():
+        return f"{models_dir} lacks {GATHER_WARP_ONNX} (export again with `python -m export onnx --force`)"
+    if precision == "bf16" and "BF16" not in cpu_capabilities():
+        return "this CPU has no native bf16 (AVX512-BF16 or AMX)"
+    return None
+
+
 def choose_backend(requested: str, models_dir: Path, precision: str = "fp16") -> BackendChoice:
     """Pick the backend: a named one if it can run (else BackendUnavailable), or for "auto" the first that can."""
     if requested not in BACKENDS:
         raise ValueError(f"unknown backend {requested!r}; choose one of {', '.join(BACKENDS)}")
     if requested == "cpu":
         return BackendChoice("cpu", "ONNX Runtime on the CPU, as asked.")
+    if requested in OPENVINO_PRECISIONS:
+        ov_precision = OPENVINO_PRECISIONS[requested]
+        problem = openvino_problem(Path(models_dir), ov_precision)
+        if problem:
+            raise BackendUnavailable(f"OpenVINO {ov_precision} was asked for, but {problem}; choose the cpu or auto backend")
+        return BackendChoice(requested, f"OpenVINO {ov_precision} on the CPU, as asked.")
     trt_problem = None
     if requested in ("auto", "tensorrt"):
         trt_problem, plan = _tensorrt_problem(Path(models_dir), precision)
@@ -138,4 +161,7 @@ def choose_backend(requested: str, models_dir: Path, precision: str = "fp16") ->
     cuda_problem = f"ONNX Runtime's CUDA provider did not start ({probe_ort_cuda_problem()})"
     if requested == "cuda":
         raise BackendUnavailable(f"ONNX Runtime CUDA was asked for, but {cuda_problem}; choose the cpu or auto backend")
-    return BackendChoice("cpu", f"ONNX Runtime on the CPU: {trt_problem}, and {cuda_problem}.")
+    ov_problem = openvino_problem(Path(models_dir), "f32")
+    if ov_problem is None:
+        return BackendChoice("openvino", f"OpenVINO f32 on the CPU: {trt_problem}, and {cuda_problem}.")
+    return BackendChoice("cpu", f"ONNX Runtime on the CPU: {trt_problem}, {cuda_problem}, and {ov_problem}.")

@@ -4,11 +4,16 @@ Opset 20 is the first with 5-D GridSample, which W needs (tests/test_gridsample.
 Verification runs each file in ONNX Runtime CPU on random inputs drawn with another seed than the tracing
 inputs, so a graph that baked the tracing inputs in as constants fails it; it compares on those inputs only.
 The face models get static input shapes (TensorRT builds static engines) and are checked against the originals.
+OpenVINO cannot read W's 5-D GridSample, so W is also written as GATHER_WARP_ONNX with its grid samples as
+gathers (same numbers; checked against the native PyTorch module like every file). The native graph stays
+warping_module.onnx for ONNX Runtime and TensorRT.
 Everything is written into a staging folder inside the models folder and moved in only once all of it is
 verified, so a failed or interrupted export never leaves wrong files where the app loads them.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -25,6 +30,7 @@ from torch import nn
 from export.checkpoints import GET_WEIGHTS, CheckpointError, folder_arch, load_all
 from export.config import ArchConfig
 from engines.layout import FACE_INPUT_SHAPES, FACE_MODELS, FACE_ONNX, MODEL_FILES, NETWORK_ONNX
+from engines.openvino import GATHER_WARP_ONNX
 from export.networks import NETWORK_IO, example_inputs, fold_spectral_norm
 
 OPSET = 20
@@ -115,7 +121,7 @@ def format_table(rows: list[VerifyRow]) -> str:
     return "\n".join(lines)
 
 
-def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
+def _prepare_out_dir(out_dir: Path, overwrite: bool, file_names: list[str]) -> None:
     """Create the folder, prove it is writable, and refuse to clobber earlier files unless asked."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -125,7 +131,7 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
         raise ExportError(
             f"cannot write to the models folder {out_dir} ({exc.strerror or exc}); choose a writable folder with --out"
         ) from exc
-    existing = [name for name in MODEL_FILES.values() if (out_dir / name).exists()]
+    existing = [name for name in file_names if (out_dir / name).exists()]
     if existing and not overwrite:
         raise ExportError(
             f"{out_dir} already holds {len(existing)} model file(s) ({', '.join(existing)}); pass --force to replace them"
@@ -205,9 +211,20 @@ def verify_face_model(original: Path, static: Path, name: str) -> None:
             )
 
 
+def export_gather_warp(module: nn.Module, cfg: ArchConfig, path: Path, verify: bool) -> list[VerifyRow]:
+    """Write W with gathers for its grid samples (a copy of `module`) to `path`; if asked, verify it against the
+    native module: the PyTorch reference stays the official grid_sample."""
+    name = "warping_module"
+    export_network(copy.deepcopy(module).use_gather_sampling(), name, example_inputs(name, cfg, seed=TRACE_SEED), path)
+    if not verify:
+        return []
+    rows = verify_network(module, name, path, example_inputs(name, cfg, seed=VERIFY_SEED))
+    return [dataclasses.replace(row, network=f"{name} (gather)") for row in rows]
+
+
 def _write_models(
     modules: dict[str, nn.Module], faces: dict[str, Path], staging: Path, out_dir: Path, cfg: ArchConfig,
-    verify: bool, log: Callable[[str], None],
+    verify: bool, gather_warp: bool, log: Callable[[str], None],
 ) -> list[VerifyRow]:
     """Export, rewrite and (if asked) verify every file into `staging`; the verification rows."""
     rows: list[VerifyRow] = []
@@ -217,6 +234,9 @@ def _write_models(
         log(f"exported {name} -> {out_dir / NETWORK_ONNX[name]} ({path.stat().st_size / 1e6:.1f} MB)")
         if verify:
             rows += verify_network(module, name, path, example_inputs(name, cfg, seed=VERIFY_SEED))
+        if name == "warping_module" and gather_warp:
+            rows += export_gather_warp(module, cfg, staging / GATHER_WARP_ONNX, verify)
+            log(f"exported {name} with gathers for OpenVINO -> {out_dir / GATHER_WARP_ONNX}")
     for name, source in faces.items():
         path = staging / FACE_ONNX[name]
         onnx.save(static_face_model(source, FACE_INPUT_SHAPES[name]), str(path))
@@ -235,18 +255,21 @@ def export_models(
     verify: bool = True,
     overwrite: bool = False,
     log: Callable[[str], None] = print,
+    gather_warp: bool = True,
 ) -> list[VerifyRow]:
-    """Write the models folder: one ONNX per network plus the face models; return the verification rows."""
+    """Write the models folder: one ONNX per network plus the face models, and with `gather_warp` the warping
+    module for OpenVINO (GATHER_WARP_ONNX); return the verification rows."""
     weights_dir, out_dir = Path(weights_dir), Path(out_dir)
     cfg = folder_arch(weights_dir)
     faces = _face_model_sources(weights_dir)
-    _prepare_out_dir(out_dir, overwrite)
+    file_names = [*MODEL_FILES.values(), *([GATHER_WARP_ONNX] if gather_warp else [])]
+    _prepare_out_dir(out_dir, overwrite, file_names)
     # load everything before writing: a missing or mismatched checkpoint must not leave a half-written folder
     modules = {name: prepare_for_export(module, name) for name, module in load_all(weights_dir).items()}
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))  # same file system: os.replace is atomic
     try:
-        rows = _write_models(modules, faces, staging, out_dir, cfg, verify, log)
-        for file_name in MODEL_FILES.values():
+        rows = _write_models(modules, faces, staging, out_dir, cfg, verify, gather_warp, log)
+        for file_name in file_names:
             os.replace(staging / file_name, out_dir / file_name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

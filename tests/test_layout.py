@@ -31,7 +31,7 @@ ALLOWED = {
 }
 #: modules that need torch: the exporter, the PyTorch side of the network benchmark, and the ComfyUI node (ComfyUI
 #: hands it torch tensors); everything else must import with torch absent
-TORCH_USERS = ("export", "bench.networks", "comfyui_liveportrait_rt")
+TORCH_USERS = ("export", "bench.networks", "bench.precision", "bench.cpu", "comfyui_liveportrait_rt")
 
 
 def module_files() -> dict[str, Path]:

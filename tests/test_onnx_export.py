@@ -18,6 +18,7 @@ from export.config import OFFICIAL, REDUCED, ArchConfig
 from export.fake_weights import write_fake_weights
 from export import onnx_export
 from engines.layout import CHECKPOINTS, FACE_INPUT_SHAPES, FACE_MODELS, FACE_ONNX, MODEL_FILES, NETWORK_ONNX
+from engines.openvino import GATHER_WARP_ONNX
 from export.networks import NETWORK_IO, NETWORK_NAMES, example_inputs, fold_spectral_norm, input_shapes
 from export.onnx_export import (
     ExportError,
@@ -43,7 +44,7 @@ def _dims(value_info: onnx.ValueInfoProto) -> tuple[int, ...]:
 
 def _check_models_folder(out: Path, rows: list[VerifyRow], cfg: ArchConfig) -> None:
     """Every contract file exists, checks, has static contract I/O; every network output verified."""
-    assert sorted(p.name for p in out.iterdir()) == sorted(MODEL_FILES.values())
+    assert sorted(p.name for p in out.iterdir()) == sorted([*MODEL_FILES.values(), GATHER_WARP_ONNX])
     for name, file_name in NETWORK_ONNX.items():
         model = onnx.load(str(out / file_name))
         onnx.checker.check_model(model, full_check=True)
@@ -51,7 +52,10 @@ def _check_models_folder(out: Path, rows: list[VerifyRow], cfg: ArchConfig) -> N
         assert inputs == input_shapes(name, cfg)
         assert tuple(o.name for o in model.graph.output) == NETWORK_IO[name][1]
         assert all(all(d > 0 for d in _dims(o)) for o in model.graph.output), f"{name} has dynamic output dims"
-    assert [(r.network, r.output) for r in rows] == [(n, o) for n in NETWORK_NAMES for o in NETWORK_IO[n][1]]
+    expected = [(n, o) for n in NETWORK_NAMES for o in NETWORK_IO[n][1]]
+    expected.insert(expected.index(("warping_module", "out")) + 1, ("warping_module (gather)", "out"))
+    assert [(r.network, r.output) for r in rows] == expected
+    assert "GridSample" not in _ops(out / GATHER_WARP_ONNX)
     assert all(row.rel_err < 1e-4 for row in rows), [row for row in rows if row.rel_err >= 1e-4]
     assert not _ops(out / NETWORK_ONNX["spade_generator"]).keys() & SPECTRAL_NORM_OPS
 

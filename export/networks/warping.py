@@ -5,6 +5,8 @@ grid_sample uses align_corners=False; the trained weights expect exactly this mi
 """
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,6 +33,34 @@ def gaussian_heatmaps(grid: torch.Tensor, kp: torch.Tensor) -> torch.Tensor:
 def sample_volume(volume: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """Trilinear 5-D grid_sample with zero padding and align_corners=False, as the weights were trained."""
     return F.grid_sample(volume, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def gather_sample_volume(volume: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """sample_volume from Floor, Gather and elementwise ops only, for backends without a 5-D GridSample
+    (OpenVINO: "GridSample is only supported for 4D input tensors"). Same corners, weights and zero padding, so
+    it equals sample_volume up to float rounding.
+
+    volume N x C x D x H x W, grid N x Do x Ho x Wo x 3 (x, y, z in [-1, 1]) -> N x C x Do x Ho x Wo.
+    """
+    n, c, d, h, w = volume.shape
+    table = volume.permute(0, 2, 3, 4, 1).reshape(n * d * h * w, c)  # one row of C values per voxel
+    pos = ((grid + 1) * torch.tensor([w, h, d], dtype=grid.dtype) - 1) / 2  # align_corners=False unnormalise
+    low = torch.floor(pos)
+    # per axis and corner (lower, upper): the weight, zero outside the volume (zero padding), and the row offset
+    weights = [low + 1 - pos, pos - low]
+    offsets = []
+    for step in (0, 1):
+        index = low.long() + step
+        inside = (index >= 0) & (index < torch.tensor([w, h, d]))
+        weights[step] = weights[step] * inside.to(grid.dtype)
+        offsets.append(index.clamp(min=0).minimum(torch.tensor([w - 1, h - 1, d - 1])) * torch.tensor([1, w, h * w]))
+    batch = torch.arange(n).view(n, 1, 1, 1) * (d * h * w)
+    out = torch.zeros(())
+    for dz, dy, dx in itertools.product((0, 1), repeat=3):  # grid_sampler_3d's corner order: z, then y, then x
+        weight = weights[dx][..., 0] * weights[dy][..., 1] * weights[dz][..., 2]
+        row = batch + offsets[dx][..., 0] + offsets[dy][..., 1] + offsets[dz][..., 2]
+        out = out + table[row] * weight.unsqueeze(-1)
+    return out.permute(0, 4, 1, 2, 3).contiguous()
 
 
 class Hourglass3d(nn.Module):
@@ -87,6 +117,8 @@ class DenseMotionNetwork(nn.Module):
         self.norm = nn.BatchNorm3d(cfg.dm_compress)
         self.occlusion = nn.Conv2d(out * cfg.reshape_depth, 1, kernel_size=7, padding=3)
         self.register_buffer("grid", identity_grid(*cfg.volume_shape), persistent=False)
+        #: sample with gather_sample_volume (set by WarpingNetwork.use_gather_sampling)
+        self.gather_sampling = False
 
     def sparse_motions(self, kp_driving: torch.Tensor, kp_source: torch.Tensor) -> torch.Tensor:
         """B x (K+1) x D x H x W x 3: the identity (background), then G - kp_driving[k] + kp_source[k], added in
@@ -102,8 +134,12 @@ class DenseMotionNetwork(nn.Module):
         b, c, d, h, w = feature.shape
         motions = self.sparse_motions(kp_driving, kp_source)
         k1 = motions.shape[1]
-        repeated = feature.unsqueeze(1).expand(b, k1, c, d, h, w).reshape(b * k1, c, d, h, w)
-        deformed = sample_volume(repeated, motions.reshape(b * k1, d, h, w, 3)).view(b, k1, c, d, h, w)
+        if self.gather_sampling:  # all K+1 motions sample the one feature volume: stack them along depth
+            stacked = gather_sample_volume(feature, motions.reshape(b, k1 * d, h, w, 3))
+            deformed = stacked.view(b, c, k1, d, h, w).transpose(1, 2)
+        else:
+            repeated = feature.unsqueeze(1).expand(b, k1, c, d, h, w).reshape(b * k1, c, d, h, w)
+            deformed = sample_volume(repeated, motions.reshape(b * k1, d, h, w, 3)).view(b, k1, c, d, h, w)
         heat = gaussian_heatmaps(self.grid, kp_driving) - gaussian_heatmaps(self.grid, kp_source)
         heat = torch.cat([torch.zeros_like(heat[:, :1]), heat], dim=1).unsqueeze(2)
         prediction = self.hourglass(torch.cat([heat, deformed], dim=2).view(b, -1, d, h, w))
@@ -126,11 +162,17 @@ class WarpingNetwork(nn.Module):
         self.fourth = nn.Conv2d(cfg.w_out_channels, cfg.w_out_channels, kernel_size=1)
         self.out_only = out_only
 
+    def use_gather_sampling(self) -> "WarpingNetwork":
+        """Sample with gather_sample_volume instead of the 5-D grid_sample (the OpenVINO graph)."""
+        self.dense_motion_network.gather_sampling = True
+        return self
+
     def forward(
         self, feature_3d: torch.Tensor, kp_driving: torch.Tensor, kp_source: torch.Tensor
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         deformation, occlusion_map = self.dense_motion_network(feature_3d, kp_driving, kp_source)
-        warped = sample_volume(feature_3d, deformation)
+        sample = gather_sample_volume if self.dense_motion_network.gather_sampling else sample_volume
+        warped = sample(feature_3d, deformation)
         b, c, d, h, w = warped.shape
         out = self.fourth(self.third(warped.view(b, c * d, h, w))) * occlusion_map
         if self.out_only:

@@ -1,0 +1,131 @@
+"""The fast CPU path: denormal flushing in ONNX Runtime, the gather form of the warping module's grid samples, and
+the OpenVINO backend (choice, precision, cache, interrupt), on the reduced models and tiny inputs."""
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import engines
+from engines import select
+from engines.base import ModelLoadError
+from engines.layout import NETWORK_ONNX
+from engines.openvino import GATHER_WARP_ONNX, OpenVinoRunner
+from engines.ort import OrtRunner, session_options
+from engines.select import BackendChoice, BackendUnavailable, choose_backend
+from export.config import REDUCED
+from export.networks import NETWORK_IO, example_inputs, input_shapes
+from export.networks.warping import gather_sample_volume, sample_volume
+
+pytest.importorskip("openvino", reason="OpenVINO is not installed (requirements.txt has it)")
+
+
+def warp_feeds(seed: int = 1, scale: float = 1.0) -> dict[str, np.ndarray]:
+    tensors = example_inputs("warping_module", REDUCED, seed=seed)
+    feeds = {n: t.numpy() for n, t in zip(NETWORK_IO["warping_module"][0], tensors)}
+    feeds["feature_3d"] = (feeds["feature_3d"] * scale).astype(np.float32)
+    return feeds
+
+
+def rel_err(want: np.ndarray, got: np.ndarray) -> float:
+    return float(np.abs(got - want).max() / np.abs(want).max())
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_gather_sampling_equals_grid_sample(batch: int) -> None:
+    """Every corner case of zero padding: inside, on the border, half outside, far outside."""
+    gen = torch.Generator().manual_seed(0)
+    volume = torch.randn(batch, 3, 4, 5, 6, generator=gen)
+    grid = torch.rand(batch, 3, 7, 8, 3, generator=gen) * 3 - 1.5
+    grid[0, 0, 0, :4] = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0], [-1.1, 0.0, 0.2], [0.3, 1.05, -0.99]])
+    want, got = sample_volume(volume, grid), gather_sample_volume(volume, grid)
+    assert got.shape == want.shape == (batch, 3, 3, 7, 8)
+    assert float((got - want).abs().max()) <= 1e-6
+    assert float(want.abs().max()) > 1 and float((want == 0).float().mean()) > 0.1  # values and zero padding both seen
+
+
+def test_onnxruntime_flushes_denormals_with_an_unchanged_output(reduced_models: Path) -> None:
+    """A feature volume of denormal floats (1e-39) is what used to slow the warping module; flushed, the output is
+    the one unflushed ONNX Runtime computes (the speed itself is measured by `python -m bench.cpu`)."""
+    import onnxruntime as ort
+
+    assert session_options().get_session_config_entry("session.set_denormal_as_zero") == "1"
+    with pytest.raises(RuntimeError, match="does not have configuration with key: session.set_denormal_as_zero"):
+        session_options(flush_denormals=False).get_session_config_entry("session.set_denormal_as_zero")
+    path = reduced_models / NETWORK_ONNX["warping_module"]
+    feeds = warp_feeds(scale=1e-38)
+    assert np.count_nonzero((feeds["feature_3d"] != 0) & (np.abs(feeds["feature_3d"]) < np.finfo(np.float32).tiny)) > 1000
+    unflushed = ort.InferenceSession(str(path), session_options(flush_denormals=False), providers=["CPUExecutionProvider"])
+    with OrtRunner(path) as runner:
+        assert runner.session.get_session_options().get_session_config_entry("session.set_denormal_as_zero") == "1"
+        got = runner.infer(feeds)["out"]
+    want = unflushed.run(None, feeds)[0]
+    assert rel_err(want, got) <= 1e-6 and float(np.abs(want).max()) > 1e-3
+
+
+def test_openvino_runs_the_gather_warping_module_like_onnxruntime(reduced_models: Path, tmp_path: Path) -> None:
+    path = reduced_models / NETWORK_ONNX["warping_module"]
+    cache = tmp_path / "cache"
+    feeds = warp_feeds()
+    with OrtRunner(path) as ort_runner:
+        want = ort_runner.infer(feeds)["out"]
+    with engines.open_runner(path, "openvino", engine_dir=tmp_path) as runner:
+        assert runner.backend == "openvino-cpu f32"
+        assert [(s.name, s.shape) for s in runner.inputs] == [(s.name, s.shape) for s in ort_runner.inputs]
+        got = runner.infer(feeds)["out"]
+    assert got.shape == want.shape and rel_err(want, got) <= 1e-5
+    with OpenVinoRunner(path, cache_dir=cache) as runner:  # compiled once, then read from the cache
+        cached = sorted(p.name for p in cache.iterdir())
+        assert cached and all(p.endswith(".blob") for p in cached)
+    with OpenVinoRunner(path, cache_dir=cache) as runner:
+        assert sorted(p.name for p in cache.iterdir()) == cached
+        np.testing.assert_array_equal(runner.infer(feeds)["out"], got)
+    assert sorted(p.name for p in (tmp_path / "openvino").iterdir()) == cached  # open_runner's engine_dir/openvino
+
+
+def test_openvino_refusals_are_one_line(reduced_models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "models"
+    folder.mkdir()
+    shutil.copy(reduced_models / NETWORK_ONNX["warping_module"], folder)
+    missing = f"model file {folder / GATHER_WARP_ONNX} is missing; run `python -m export onnx` (with --force) to create it"
+    with pytest.raises(ModelLoadError, match="^" + re.escape(missing) + "$"):
+        OpenVinoRunner(folder / NETWORK_ONNX["warping_module"])
+    monkeypatch.setattr("engines.openvino.cpu_capabilities", lambda: frozenset({"FP32", "INT8"}))
+    with pytest.raises(ModelLoadError, match=r"^this CPU has no native bf16 \(AVX512-BF16 or AMX\); choose the openvino"):
+        OpenVinoRunner(reduced_models / NETWORK_ONNX["lip"], "bf16")
+    with pytest.raises(ValueError, match=r"^OpenVINO precision must be one of f32, bf16, got 'fp16'$"):
+        OpenVinoRunner(reduced_models / NETWORK_ONNX["lip"], "fp16")
+
+
+def test_openvino_interrupt_refuses_the_next_inference(reduced_models: Path, tmp_path: Path) -> None:
+    feeds = {"x": np.zeros(input_shapes("lip", REDUCED)["x"], np.float32)}
+    with OpenVinoRunner(reduced_models / NETWORK_ONNX["lip"], cache_dir=tmp_path) as runner:
+        assert runner.infer(feeds)["delta"].shape == (1, 63)
+        runner.interrupt()
+        with pytest.raises(InterruptedError, match=r"^lip.onnx: inference interrupted$"):
+            runner.infer(feeds)
+
+
+def test_auto_takes_openvino_on_a_cpu_when_the_folder_has_the_gather_warp(
+    reduced_models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(select, "_tensorrt_problem", lambda *args: ("no NVIDIA GPU was found", ""))
+    monkeypatch.setattr(select, "probe_ort_providers", lambda: ("CPUExecutionProvider",))
+    monkeypatch.setattr(select, "probe_ort_cuda_problem", lambda: "onnxruntime-gpu is not installed")
+    cpu_reasons = "no NVIDIA GPU was found, and ONNX Runtime's CUDA provider did not start (onnxruntime-gpu is not installed)"
+    assert choose_backend("auto", reduced_models) == BackendChoice("openvino", f"OpenVINO f32 on the CPU: {cpu_reasons}.")
+    assert choose_backend("openvino", reduced_models) == BackendChoice("openvino", "OpenVINO f32 on the CPU, as asked.")
+    lacks = f"{tmp_path} lacks {GATHER_WARP_ONNX} (export again with `python -m export onnx --force`)"
+    assert choose_backend("auto", tmp_path).reason == (
+        "ONNX Runtime on the CPU: no NVIDIA GPU was found, ONNX Runtime's CUDA provider did not start "
+        f"(onnxruntime-gpu is not installed), and {lacks}."
+    )
+    with pytest.raises(BackendUnavailable, match="^" + re.escape(f"OpenVINO f32 was asked for, but {lacks}; choose")):
+        choose_backend("openvino", tmp_path)
+    monkeypatch.setattr("engines.openvino.cpu_capabilities", lambda: frozenset({"FP32"}))
+    with pytest.raises(BackendUnavailable, match=r"^OpenVINO bf16 was asked for, but this CPU has no native bf16"):
+        choose_backend("openvino-bf16", reduced_models)
