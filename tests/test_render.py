@@ -58,6 +58,19 @@ def talking_video(media_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return path
 
 
+@pytest.fixture
+def session_animator(animator, reduced_models: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """render and template run on the session's Animator (its sessions are opened once), after checking that the
+    command asked for the test models on the CPU; the real opening is tested by the no-models and no-torch tests."""
+    import core.animator
+
+    def open_shared(models_dir: Path | None, backend: str):
+        assert (models_dir, backend) == (reduced_models, "cpu")
+        return animator, "ONNX Runtime on the CPU, as asked."
+
+    monkeypatch.setattr(core.animator, "open_animator", open_shared)
+
+
 def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     """Exit code, stdout, and stderr without the informational "backend: ..." line."""
     code = main(args)
@@ -66,7 +79,7 @@ def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
 
 
 def test_render_from_a_template_writes_full_frames_and_crops(
-    reduced_models: Path, media_dir: Path, short_template: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    session_animator: None, reduced_models: Path, media_dir: Path, short_template: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
     read_video,
 ) -> None:
     source = media_dir / "portraits" / "s5.jpg"
@@ -87,7 +100,7 @@ def test_render_from_a_template_writes_full_frames_and_crops(
 
 
 def test_render_from_a_video_keeps_its_sound(
-    reduced_models: Path, media_dir: Path, talking_video: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    session_animator: None, reduced_models: Path, media_dir: Path, talking_video: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
     read_video,
 ) -> None:
     out, crops = tmp_path / "out.mp4", tmp_path / "crops.mp4"
@@ -102,7 +115,7 @@ def test_render_from_a_video_keeps_its_sound(
 
 
 def test_template_command_saves_the_shared_format(
-    reduced_models: Path, short_video: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    session_animator: None, reduced_models: Path, short_video: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "motion.npz"
     code, stdout, _ = _run(["template", "--models", str(reduced_models), "--backend", "cpu",
@@ -142,7 +155,7 @@ NO_FRAMES = "error: {path} has no readable video frames; use an .mp4/.avi/.mov v
     ],
 )
 def test_bad_driving_inputs_get_one_line_errors(
-    reduced_models: Path, media_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str, message: str
+    session_animator: None, reduced_models: Path, media_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str, message: str
 ) -> None:
     path = _bad_input(tmp_path, kind)
     code, _, err = _run(["render", "--models", str(reduced_models), "--backend", "cpu", "--source",
@@ -153,7 +166,7 @@ def test_bad_driving_inputs_get_one_line_errors(
 
 
 def test_template_with_wrong_shapes_is_named(
-    reduced_models: Path, media_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    session_animator: None, reduced_models: Path, media_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bad = tmp_path / "bad.npz"
     np.savez(bad, scale=np.ones((4, 1)), R=np.tile(np.eye(3), (4, 1, 1)), exp=np.zeros((4, 20, 3)),
@@ -223,7 +236,7 @@ def test_the_cpu_runtime_needs_neither_torch_nor_onnx(reduced_models: Path, medi
 
 
 def test_template_refuses_an_existing_file_before_any_work(
-    reduced_models: Path, short_video: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    session_animator: None, reduced_models: Path, short_video: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "mine.npz"
     out.write_bytes(b"the user's file")
@@ -263,7 +276,7 @@ def test_a_models_folder_given_once_is_remembered(
 
 
 def test_one_driving_image_renders_to_a_picture(
-    reduced_models: Path, media_dir: Path, short_template: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    session_animator: None, reduced_models: Path, media_dir: Path, short_template: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     source = media_dir / "portraits" / "s5.jpg"
     out, crop = tmp_path / "out.png", tmp_path / "crop.jpg"
