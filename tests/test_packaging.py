@@ -62,3 +62,22 @@ def test_pip_install_into_a_fresh_venv_gives_a_working_command(tmp_path: Path) -
     installed = subprocess.run([bindir / "python", "-c", "import main; print(main.__file__)"], capture_output=True,
                                text=True, cwd=tmp_path, env=deps)
     assert str(env_dir) in installed.stdout  # the installed copy ran, not this checkout
+
+
+@pytest.mark.slow  # a fresh Python importing torch: about 7 s
+def test_the_comfyui_node_imports_nothing_outside_requirements_comfyui() -> None:
+    """The node loads with the app-only packages made unimportable, as in a ComfyUI Python that only got
+    requirements-comfyui.txt (plus its own torch)."""
+    import subprocess
+    import sys
+
+    blocked = ["PySide6", "pyvirtualcam", "tqdm", "imageio_ffmpeg", "huggingface_hub"]
+    code = (
+        "import sys\n"
+        f"for name in {blocked!r}: sys.modules[name] = None\n"
+        "import comfyui_liveportrait_rt.nodes as nodes\n"
+        "print(sorted(nodes.NODE_CLASS_MAPPINGS))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert "LivePortraitProcess" in done.stdout
