@@ -4,7 +4,6 @@ test tools of requirements-dev.txt, whose absence fails the run with the install
 from __future__ import annotations
 
 import functools
-import importlib
 import os
 import tempfile
 from pathlib import Path
@@ -13,6 +12,8 @@ from typing import Callable
 
 import numpy as np
 import pytest
+
+from tests.dev import dev_module
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 # the app's settings (remembered models folder, recent portraits) go to a throw-away folder, never the user's
@@ -26,16 +27,6 @@ FIXTURES = SHARED / "fixtures"
 DRIVING_VIDEO = "d10.mp4"
 #: how many of its first frames the first_frames fixture holds
 DRIVING_FRAMES = 12
-DEV_INSTALL = "pip install -r requirements-dev.txt"
-
-
-def dev_module(module: str, package: str) -> ModuleType:
-    """A test tool that requirements-dev.txt installs. Its absence is a broken test environment, so the test fails
-    with the install command; a skip would hide it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        pytest.fail(f"{package} is not installed ({exc}); install the test tools: {DEV_INSTALL}", pytrace=False)
 
 
 try:

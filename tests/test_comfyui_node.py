@@ -301,10 +301,7 @@ def test_package_imports_the_way_comfyui_loads_custom_nodes(tmp_path: Path, how:
     if how == "symlink":
         path = tmp_path / "custom_nodes" / "LivePortrait-RT.v1"
         path.parent.mkdir()
-        try:
-            path.symlink_to(PACKAGE, target_is_directory=True)
-        except OSError:
-            pytest.skip("this file system cannot make symlinks")
+        path.symlink_to(PACKAGE, target_is_directory=True)
         name = str(path).replace(".", "_x_")  # newer ComfyUI names the module after the whole path
     result = subprocess.run(
         [sys.executable, "-I", "-c", LOAD_LIKE_COMFYUI, str(path), name],

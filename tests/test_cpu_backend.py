@@ -20,8 +20,9 @@ from engines.select import BackendChoice, BackendUnavailable, choose_backend
 from export.config import REDUCED
 from export.networks import NETWORK_IO, example_inputs, input_shapes
 from export.networks.warping import gather_sample_volume, sample_volume
+from tests.dev import dev_module
 
-pytest.importorskip("openvino", reason="OpenVINO is not installed (requirements.txt has it)")
+dev_module("openvino", "openvino")  # in requirements.txt: its absence fails, never skips
 
 
 def warp_feeds(seed: int = 1, scale: float = 1.0) -> dict[str, np.ndarray]:

@@ -33,6 +33,7 @@ from realtime.live_api import FakeProcessor
 from realtime.loop import LiveLoop, run_headless
 from render.offline import make_template, render
 from render.outputs import Interrupted, RecordError, VideoFile
+from tests.dev import dev_module
 from tests.test_loop import ListSink, SyntheticCamera, portrait, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -484,7 +485,7 @@ def test_10_a_template_declaring_millions_of_frames_is_refused_before_allocating
 
 
 def test_11_a_comfyui_image_in_0_to_255_is_refused_with_the_range() -> None:
-    torch = pytest.importorskip("torch")
+    torch = dev_module("torch", "torch")
     from comfyui_liveportrait_rt.nodes import image_batch_to_uint8
     from core.images import ImageInputError
 
