@@ -20,6 +20,7 @@ from engines.layout import DOWNLOAD_COMMAND, ModelsMissingError  # noqa: E402
 from realtime.live_api import FakeProcessor  # noqa: E402
 from core.options import ProcessOptions  # noqa: E402
 from ui.main_window import RECORD_IDLE, RECORD_ON, MainWindow  # noqa: E402
+from render.outputs import RecordError  # noqa: E402
 from ui.settings import Settings  # noqa: E402
 
 WAIT_MS = 15000
@@ -481,3 +482,28 @@ def test_without_the_export_tools_the_panel_shows_the_pip_command(
         "To make the models here, the export tools come first: pip install -r requirements-export.txt "
         "--extra-index-url https://download.pytorch.org/whl/cpu (a CPU-only torch is enough) (missing: torch)"
     )
+
+
+def test_the_window_never_records_onto_its_camera_video(qtbot, make_window, video: str) -> None:
+    window = make_window()
+    window.start_recording(Path(video), overwrite=True)
+    assert window.recorder is None and not window.record_button.isChecked()
+    assert window.messages["record"] == (
+        f"the recording {video} is the camera video {video}; an input is never overwritten (not even with --force), "
+        "choose another name"
+    )
+
+
+def test_a_recording_that_cannot_be_finished_says_so(qtbot, make_window, media_dir: Path, tmp_path: Path) -> None:
+    window = make_window()
+    window.load_portrait(media_dir / "portraits" / "s0.jpg")
+    window.start_recording(tmp_path / "take.mp4")
+    recorder = window.recorder
+
+    def full_disk() -> None:
+        raise RecordError("cannot finish take.mp4: no space left on device; take.mp4 was not created")
+
+    recorder.close = full_disk
+    window.stop_recording()
+    assert window.recorder is None and not window.record_button.isChecked()
+    assert window.record_status.text() == "cannot finish take.mp4: no space left on device; take.mp4 was not created"

@@ -53,7 +53,7 @@ from realtime.live_api import BACKENDS, FakeProcessor, FrameProcessor, Processor
 from realtime.loop import DROPPED_HELP, CallbackSink, LiveLoop
 from core.options import ANIMATION_REGIONS, OPTION_RANGES, ProcessOptions
 from realtime.record import Recorder
-from render.outputs import RecordError, plural
+from render.outputs import RecordError, plural, refuse_overlap
 from realtime.vcam import CameraBackend, VirtualCameraUnavailable, VirtualCamSink
 from ui.model_maker import ModelMaker, missing_export_tools, tools_hint
 from ui.expression import ExpressionSection
@@ -721,6 +721,7 @@ class MainWindow(QMainWindow):
             self.set_message("record", "Open a camera before recording")
             return
         try:
+            refuse_overlap({"camera video": getattr(self.loop.source, "path", None)}, {"recording": path})
             self.recorder = Recorder(path, fps=self.loop.source.fps, overwrite=overwrite)
         except RecordError as exc:
             self.set_message("record", str(exc))
@@ -732,8 +733,12 @@ class MainWindow(QMainWindow):
 
     def stop_recording(self) -> None:
         if self.recorder is not None and self.loop is not None:
-            self.loop.remove_sink(self.recorder)
-            self.record_status.setText(f"saved {plural(self.recorder.frames, 'frame')} to {self.recorder.path}")
+            try:
+                self.loop.remove_sink(self.recorder)
+            except RecordError as exc:  # ffmpeg could not finish the file (a full disk): the message says what is left
+                self.record_status.setText(str(exc))
+            else:
+                self.record_status.setText(f"saved {plural(self.recorder.frames, 'frame')} to {self.recorder.path}")
         self.recorder = None
         self._show_recording(False)
 
