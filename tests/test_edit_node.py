@@ -43,9 +43,9 @@ def test_editor_edits_each_image_of_the_batch(reduced_models: Path, load_portrai
     assert tuple(fulls.shape) == (2, *portrait.shape) and tuple(crops.shape) == (2, 512, 512, 3)
     options = ProcessOptions(edit=Edit(smile=0.8, head_roll=5.0, target_eye_ratio=0.5))
     animator = pipe.animator("CPU")
-    for i in range(2):
-        crop, full = edit_portrait(animator, batch[i], options)
-        assert torch.equal(fulls[i], uint8_to_image_batch(full[None])[0])
-        assert torch.equal(crops[i], uint8_to_image_batch(crop[None])[0])
+    crop, full = edit_portrait(animator, batch[1], options)  # the second image: the batch is walked, not the first reused
+    assert torch.equal(fulls[1], uint8_to_image_batch(full[None])[0])
+    assert torch.equal(crops[1], uint8_to_image_batch(crop[None])[0])
+    assert not torch.equal(fulls[0], fulls[1])
     with pytest.raises(ValueError, match=r"^smile must be between -0.3 and 1.3, got 5$"):
         LivePortraitExpressionEditor().edit(pipe, uint8_to_image_batch(batch), **(widgets | {"smile": 5}))
