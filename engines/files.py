@@ -59,3 +59,11 @@ def atomic_output(target: Path, overwrite: bool = False) -> Iterator[Path]:
         publish(partial, target, overwrite)
     finally:
         partial.unlink(missing_ok=True)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` whole (engine plans, caches): a reader sees the old file or the new one, never
+    half, and two writers never share a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path, overwrite=True) as partial:
+        partial.write_bytes(data)

@@ -22,9 +22,9 @@ from engines.base import ModelLoadError
 from engines.trt import GpuInfo, NoGpuError, StaleEngineError, TrtRunner, find_gpu, import_tensorrt, trt_logger
 from engines.image_ops import is_image_op
 from engines.layout import MODEL_FILES
+from engines.files import atomic_write
 from engines.trt_cache import (
     EngineKey,
-    atomic_write,
     engine_path,
     file_sha256,
     forget_engine,

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+
+from engines.files import atomic_write
 
 #: default engine cache, inside the models folder
 ENGINE_DIR_NAME = "engines"
@@ -99,17 +99,3 @@ def forget_engine(engine: Path) -> None:
     """Drop an engine that failed to load, so the next lookup rebuilds it."""
     for path in (key_path(engine), engine):
         path.unlink(missing_ok=True)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write beside the target (a name of its own per writer), then rename over it: a reader sees the old file or
-    the new one, never half, and two writers never share a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".partial")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-        os.replace(partial, path)
-    except BaseException:
-        Path(partial).unlink(missing_ok=True)
-        raise
