@@ -239,7 +239,18 @@ class Animator:
             x_d = transform_kp(src.info.kp, *apply_edit(src.info, parts, options.edit))
             if friendly is not None:
                 x_d = friendly.scaled(transform_kp(src.info.kp, *parts), x_d)
-            return self._finish(src, x_d, options, drv)
+            return self._finish(src, x_d, options, drv, plain=self._plain(src, parts, options, friendly))
+
+    @staticmethod
+    def _plain(
+        src: SourcePortrait, parts: Composed, options: ProcessOptions, friendly: ExpressionFriendly | None = None
+    ) -> np.ndarray | None:
+        """The unedited composed keypoints, where Algorithm 1 needs them to keep the edit: eye or lip retargeting
+        with relative motion starts from x_s and would drop it (None everywhere else)."""
+        if options.edit.is_noop or not options.relative or not (options.eye_retargeting or options.lip_retargeting):
+            return None
+        plain = transform_kp(src.info.kp, *parts)
+        return plain if friendly is None else friendly.scaled(plain, plain)
 
     def edit_keypoints(self, src: SourcePortrait, options: ProcessOptions) -> np.ndarray:
         """x_d' of a still edit (no driving input): the official demo's edited keypoints, stitched."""
@@ -249,10 +260,11 @@ class Animator:
 
     def _finish(
         self, src: SourcePortrait, x_d: np.ndarray, options: ProcessOptions, drv: Motion | None,
-        after: np.ndarray | None = None,
+        after: np.ndarray | None = None, plain: np.ndarray | None = None,
     ) -> np.ndarray:
         """The edit's target-ratio deltas, then Algorithm 1 (core.motion.compose_driving_kp); `after` (the
-        source-video eye delta) is added after stitching and before the driving multiplier, as officially."""
+        source-video eye delta) is added after stitching and before the driving multiplier, as officially.
+        `plain` (Animator._plain) turns the edit into a keypoint offset that Algorithm 1 keeps."""
         eye_mlp, lip_mlp = self.nets.mlp("eye"), self.nets.mlp("lip")
         extra = ratio_deltas(src.x_s, src.c_s_eyes, src.c_s_lip, options.edit, eye_mlp, lip_mlp)
         if extra is not None:
@@ -269,6 +281,7 @@ class Animator:
             c_d_eyes=None if drv is None else drv.eye_ratio,
             c_d_lip=None if drv is None or drv.lip_ratio is None else float(drv.lip_ratio[0]),
             lip_delta0=src.lip_close if options.lip_zero and options.relative else None,
+            edit_offset=None if plain is None else x_d - plain,
         )
         return x if after is None else with_multiplier(src.x_s, x + after, options.driving_multiplier)
 
@@ -283,7 +296,7 @@ class Animator:
             eye_delta = None
             if eye_target is not None and not (options.eye_retargeting or options.lip_retargeting):
                 eye_delta = kp_delta(self.nets.mlp("eye")(eye_input(src.x_s, src.c_s_eyes, eye_target)), "eye")
-            return self._finish(src, x_d, options, drv, eye_delta)
+            return self._finish(src, x_d, options, drv, eye_delta, self._plain(src, parts, options))
 
     def render(self, src: SourcePortrait, x_d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(animated 512x512 crop, pasted full-size frame) for the driving keypoints x_d'. On TensorRT the frame

@@ -330,6 +330,7 @@ def compose_driving_kp(
     c_d_eyes: np.ndarray | None = None,
     c_d_lip: float | None = None,
     lip_delta0: np.ndarray | None = None,
+    edit_offset: np.ndarray | None = None,
 ) -> np.ndarray:
     """Algorithm 1 (spec 7.3): the final driving keypoints x_d' fed to the warping module.
 
@@ -341,14 +342,15 @@ def compose_driving_kp(
     A retargeting delta needs both its source ratio (c_s_*, None without source landmarks) and its driving
     ratio (c_d_*, None without driving landmarks or when a template lacks ratios); it is skipped otherwise.
     c_d_eyes is (left, right) but only the left ratio is used, as in the official code. Last, as officially,
-    x_s + (x_d' - x_s) * driving_multiplier scales the whole motion (1.0: unchanged).
+    x_s + (x_d' - x_s) * driving_multiplier scales the whole motion (1.0: unchanged). `edit_offset` (the editing
+    controls' share of x_d) is added to x_s in case (c) with relative motion, which would otherwise drop the edit.
     """
     if not (options.eye_retargeting or options.lip_retargeting):
         x = stitch(x_s, x_d, stitching_mlp) if options.stitching else x_d
         if lip_delta0 is not None:
             x = x + lip_delta0
     else:
-        x = x_s if options.relative else x_d
+        x = (x_s if edit_offset is None else x_s + edit_offset) if options.relative else x_d
         if options.eye_retargeting and c_s_eyes is not None and c_d_eyes is not None:
             eye = eye_input(x_s, c_s_eyes, float(c_d_eyes[0]), options.eyes_retargeting_multiplier)
             x = x + kp_delta(eye_mlp(eye), "eye")

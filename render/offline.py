@@ -85,6 +85,8 @@ def open_driving(path: Path) -> DrivingClip | Template:
         raise DrivingInputError(f"driving input {path} does not exist")
     if path.suffix.lower() == ".npz":
         return load_template(path)
+    if path.suffix.lower() == ".pkl":  # an official template, read without running anything in it
+        return load_official_template(path)
     if path.is_dir():
         images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not images:

@@ -210,3 +210,25 @@ def test_expression_friendly_measures_the_first_frame(animator, prepared, monkey
     with pytest.raises(ValueError, match="^driving_option must be one of pose-friendly, expression-friendly, got 'x'$"):
         list(offline.animate_frames(animator, src, [ref], ProcessOptions(), "x"))
     assert isinstance(drv, Motion)
+
+
+def test_an_edit_survives_retargeting_with_relative_motion(animator, prepared) -> None:
+    """Eye/lip retargeting with relative motion starts from x_s (the official Algorithm 1 drops the driving
+    motion); the edit is kept as a keypoint offset: exactly the smile's keypoints move, by the composed change."""
+    src, ref, drv = prepared
+    base = ProcessOptions(eye_retargeting=True, stitching=False, lip_zero=False)
+    plain = animator.keypoints(src, drv, ref, base)
+    smiling = animator.keypoints(src, drv, ref, ProcessOptions(eye_retargeting=True, stitching=False, lip_zero=False,
+                                                               edit=Edit(smile=1.0)))
+    want = relative_motion(src.info, drv, ref, edit=Edit(smile=1.0)) - relative_motion(src.info, drv, ref)
+    np.testing.assert_allclose(smiling - plain, want, atol=1e-6)
+    assert np.flatnonzero(np.abs(smiling - plain).max(axis=1) > 1e-7).tolist() == [3, 7, 13, 14, 16, 17, 20]
+
+
+def test_render_reads_an_official_pickle_as_the_driving_input(tmp_path: Path) -> None:
+    from render.offline import open_driving
+
+    blob, data = official_pickle(n=2)
+    (tmp_path / "official.pkl").write_bytes(blob)
+    template = open_driving(tmp_path / "official.pkl")
+    assert len(template) == 2 and np.array_equal(template.R[1], data["motion"][1]["R"][0])
