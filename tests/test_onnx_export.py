@@ -82,9 +82,10 @@ def test_verification_table_is_logged(exported: tuple[Path, list[VerifyRow], lis
     _, rows, lines = exported
     table = lines[-1].splitlines()
     assert table[0] == "| network | output | max abs err | rel err |"
-    assert len(table) == 2 + len(rows) == 2 + 13
+    assert len(table) == 2 + len(rows) == 2 + 14
     assert table[2 + 8].startswith("| warping_module | out | ")
-    assert sum(line.startswith("exported ") for line in lines) == len(NETWORK_NAMES)
+    assert table[2 + 9].startswith("| warping_module (gather) | out | ")
+    assert sum(line.startswith("exported ") for line in lines) == len(NETWORK_NAMES) + 1  # + W with gathers
 
 
 def test_face_models_get_static_inputs_and_compute_what_the_release_files_compute(
@@ -168,7 +169,8 @@ def test_refuses_to_overwrite(exported: tuple[Path, list[VerifyRow], list[str]],
     with pytest.raises(ExportError) as info:
         export_models(reduced_weights, out)
     assert str(info.value) == (
-        f"{out} already holds 10 model file(s) ({', '.join(MODEL_FILES.values())}); pass --force to replace them"
+        f"{out} already holds 11 model file(s) ({', '.join([*MODEL_FILES.values(), GATHER_WARP_ONNX])}); "
+        "pass --force to replace them"
     )
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
 
