@@ -198,6 +198,10 @@ PICKLE_GLOBALS = {
 } | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
 
 
+#: an official template stores about 2 KiB a frame (kp, x_s, exp, R, t, scale); room for MAX_FRAMES and some
+MAX_PICKLE_BYTES = 512 * 2**20
+
+
 class _Refused(pickle.UnpicklingError):
     """A pickle named a global outside PICKLE_GLOBALS (the message is its module.name)."""
 
@@ -227,6 +231,11 @@ def load_official_template(path: str | Path) -> Template:
     path = Path(path)
     if not path.is_file():
         raise TemplateError(f"{path}: no such template file; pass the path of an official .pkl motion template")
+    if path.stat().st_size > MAX_PICKLE_BYTES:
+        raise TemplateError(
+            f"{path} is {path.stat().st_size / 2**20:.0f} MiB, too large for a motion template (at most "
+            f"{MAX_PICKLE_BYTES // 2**20} MiB, {MAX_FRAMES} frames); cut the driving video and make the template again"
+        )
     try:
         data = _ArraysOnly(io.BytesIO(path.read_bytes())).load()
     except _Refused as err:
@@ -238,6 +247,9 @@ def load_official_template(path: str | Path) -> Template:
         raise TemplateError(f"{path} is not an official .pkl motion template: the file is damaged ({err})") from None
     try:
         frames = list(data["motion"])
+        if len(frames) > MAX_FRAMES:
+            raise TemplateError(f"{path}: {len(frames)} frames, more than a template may hold ({MAX_FRAMES}); cut the "
+                                "driving video and make the template again")
         eyes, lips = data.get("c_eyes_lst", data.get("c_d_eyes_lst")), data.get("c_lip_lst", data.get("c_d_lip_lst"))
         arrays = {
             "scale": np.stack([np.asarray(f["scale"], np.float64).reshape(1) for f in frames]),
@@ -249,6 +261,8 @@ def load_official_template(path: str | Path) -> Template:
         if eyes is not None and lips is not None and len(eyes) == len(lips) == len(frames):
             arrays["eye_ratio"] = np.stack([np.asarray(e, np.float64).reshape(2) for e in eyes])
             arrays["lip_ratio"] = np.stack([np.asarray(c, np.float64).reshape(1) for c in lips])
+    except TemplateError:
+        raise
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
         raise TemplateError(
             f"{path} is not an official .pkl motion template ({type(err).__name__}: {err}); it needs 'motion' with "

@@ -263,3 +263,27 @@ def test_a_damaged_or_foreign_pickle_is_one_line(tmp_path: Path) -> None:
     pkl.write_bytes(pickle.dumps({"frames": [1, 2]}))
     with pytest.raises(TemplateError, match=r"is not an official \.pkl motion template \(KeyError: 'motion'\)"):
         load_official_template(pkl)
+
+
+def test_an_oversized_official_pickle_is_refused_before_it_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import core.templates as templates
+
+    pkl = tmp_path / "big.pkl"
+    pkl.write_bytes(official_pickle()[0])
+    monkeypatch.setattr(templates, "MAX_PICKLE_BYTES", pkl.stat().st_size - 1)
+    monkeypatch.setattr(templates._ArraysOnly, "load", lambda self: pytest.fail("an oversized pickle was unpickled"))
+    with pytest.raises(TemplateError, match=r"big\.pkl is 0 MiB, too large for a motion template \(at most 0 MiB, "):
+        load_official_template(pkl)
+
+
+def test_an_official_pickle_with_too_many_frames_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import core.templates as templates
+
+    pkl = tmp_path / "long.pkl"
+    pkl.write_bytes(official_pickle()[0])  # 3 frames
+    monkeypatch.setattr(templates, "MAX_FRAMES", 2)
+    with pytest.raises(TemplateError) as info:
+        load_official_template(pkl)
+    assert str(info.value) == (
+        f"{pkl}: 3 frames, more than a template may hold (2); cut the driving video and make the template again"
+    )
