@@ -331,10 +331,10 @@ def render(
     driving = frame_range(open_driving(driving_path), start_frame, max_frames)
     source_clip = None if Path(source_path).suffix.lower() in IMAGE_SUFFIXES else open_video(Path(source_path))
     is_video = isinstance(driving, DrivingClip) and driving.count is None
-    # its sound goes along (cut to the animation's length); from a later start it would be out of step
-    sound = Path(driving_path) if is_video and start_frame == 0 and has_audio(driving_path) else None
+    # its sound goes along, from the first animated frame on and cut to the animation's length
+    sound = Path(driving_path) if is_video and has_audio(driving_path) else None
     timing = driving if source_clip is None else source_clip  # a source video keeps its own frame rate
-    sinks = [_sink(path, timing, overwrite, sound) for path in (out, crop_out) if path is not None]
+    sinks = [_sink(path, timing, overwrite, sound, start_frame / driving.fps) for path in (out, crop_out) if path is not None]
     if source_clip is None:  # no face: fail before any slow work
         src = animator.prepare_source(load_image(source_path), options)
     else:
@@ -370,10 +370,12 @@ def render(
     return RenderReport(frames, time.perf_counter() - start, dict(animator.timer.ms), sound)
 
 
-def _sink(path: Path, driving: DrivingClip | Template, overwrite: bool, sound: Path | None) -> VideoFile | ImageFile:
+def _sink(
+    path: Path, driving: DrivingClip | Template, overwrite: bool, sound: Path | None, sound_start: float = 0.0
+) -> VideoFile | ImageFile:
     """A video file, or a picture (.png, .jpg, ...) where the driving input is one frame (an expression image)."""
     if Path(path).suffix.lower() not in IMAGE_SUFFIXES:
-        return VideoFile(path, driving.fps, overwrite, sound)
+        return VideoFile(path, driving.fps, overwrite, sound, sound_start)
     count = len(driving) if isinstance(driving, Template) else driving.count
     if count != 1:
         frames = "a video" if count is None else f"{count} frames"

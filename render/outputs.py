@@ -122,10 +122,12 @@ def has_audio(path: Path) -> bool:
 class VideoFile:
     """An .mp4 written frame by frame from RGB frames; it never replaces an existing file unless allowed. The video
     size is the first frame's; later frames of another size (a new portrait) are letterboxed into it. With
-    `audio_from`, that file's sound track is muxed in and cut to the video's length. ffmpeg writes a temporary
-    file beside the target; close() renames it into place, discard() removes it."""
+    `audio_from`, that file's sound track from `audio_start` seconds on is muxed in and cut to the video's length.
+    ffmpeg writes a temporary file beside the target; close() renames it into place, discard() removes it."""
 
-    def __init__(self, path: Path, fps: float, overwrite: bool = False, audio_from: Path | None = None) -> None:
+    def __init__(
+        self, path: Path, fps: float, overwrite: bool = False, audio_from: Path | None = None, audio_start: float = 0.0
+    ) -> None:
         self.path = Path(path)
         if self.path.suffix.lower() not in VIDEO_SUFFIXES:
             raise RecordError(f"{self.path}: video files are written as {', '.join(VIDEO_SUFFIXES)}; use one of those endings")
@@ -134,6 +136,7 @@ class VideoFile:
         self.fps = fps
         self.overwrite = overwrite
         self.audio_from = audio_from
+        self.audio_start = audio_start
         self.exe = ffmpeg_exe()  # a missing ffmpeg is said before any slow work
         self.process: subprocess.Popen[bytes] | None = None
         self.partial: Path | None = None
@@ -151,7 +154,7 @@ class VideoFile:
             "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", f"{self.fps:g}", "-i", "-",
         ]
         if self.audio_from is not None:  # silence pads a shorter sound track, so -shortest only ever cuts sound
-            command += ["-i", str(self.audio_from), "-map", "0:v", "-map", "1:a", "-af", "apad", "-c:a", "aac", "-shortest"]
+            command += ["-ss", f"{self.audio_start:.3f}", "-i", str(self.audio_from), "-map", "0:v", "-map", "1:a", "-af", "apad", "-c:a", "aac", "-shortest"]
         command += ["-vf", EVEN_PAD, *X264_ARGS, "-movflags", "+faststart", str(self.partial)]
         try:
             return subprocess.Popen(

@@ -130,3 +130,23 @@ def test_the_live_recorder_keeps_real_time_when_frames_come_slowly(tmp_path: Pat
 
     # picture 0 for 1 frame, 1 held for its second (10 frames), 2 at once replaced by 3 (9), then 0 for the 10 s cap
     assert [shown(i) for i in (0, 1, 10, 11, 12, 20, 120)] == [0, 1, 1, 2, 3, 3, 0]
+
+
+def test_the_sound_starts_where_the_animation_starts(tmp_path: Path) -> None:
+    """`render --start S`: the driving video's sound is taken from S's time on, so it stays in step."""
+    late = tmp_path / "late.mp4"  # silent for 1 s, then a tone
+    subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=size=160x120:rate=25:duration=2",
+                    "-f", "lavfi", "-i", "aevalsrc=exprs='if(gt(t,1),0.5*sin(2*PI*440*t),0)':d=2",
+                    "-pix_fmt", "yuv420p", str(late)], check=True)
+
+    def loudness_db(audio_start: float) -> float:
+        out = tmp_path / f"from{audio_start}.mp4"
+        video = VideoFile(out, 25, audio_from=late, audio_start=audio_start)
+        for frame in frames_of(10, 120, 160):
+            video.write(frame)
+        video.close()
+        stats = subprocess.run([ffmpeg_exe(), "-hide_banner", "-i", str(out), "-af", "volumedetect", "-f", "null", "-"],
+                               capture_output=True, text=True).stderr
+        return float(re.search(r"mean_volume: (-?[\d.]+) dB", stats).group(1))
+
+    assert loudness_db(0.0) < -60 and loudness_db(1.2) > -20  # the first 0.4 s of each: silence, then the tone
