@@ -8,7 +8,6 @@ from __future__ import annotations
 import sys
 from typing import Callable, Protocol
 
-import cv2
 import numpy as np
 
 from core.images import letterbox

@@ -7,7 +7,7 @@ import functools
 import os
 import tempfile
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Callable
 
 import numpy as np
@@ -225,3 +225,32 @@ def real_gpu():
         return import_tensorrt(), find_gpu()
     except ModelLoadError as exc:  # NoGpuError is one
         pytest.skip(f"needs an NVIDIA GPU with TensorRT: {exc}")
+
+
+@pytest.fixture
+def stubbed_commands(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> SimpleNamespace:
+    """main.py's render, live and window commands with their work stubbed, to check what each is handed: `seen`
+    gets render's (args, kwargs) and the window's options; live's processor is `processor` (a FakeProcessor);
+    `source` is a 64x64 noise portrait."""
+    import cv2
+
+    import core.animator
+    import realtime.camera
+    import realtime.live
+    import realtime.loop
+    import render.offline
+    import ui.app
+    from realtime.live_api import FakeProcessor
+
+    seen: dict[str, object] = {}
+    processor = FakeProcessor()
+    monkeypatch.setattr(core.animator, "open_animator", lambda models, backend: (SimpleNamespace(backend="x"), "stub"))
+    monkeypatch.setattr(render.offline, "render", lambda *args, **kwargs: (
+        seen.setdefault("render", (args, kwargs)), SimpleNamespace(summary=lambda: "0 frames"))[1])
+    monkeypatch.setattr(realtime.live, "make_processor", lambda models, backend: processor)
+    monkeypatch.setattr(realtime.camera, "open_camera", lambda spec: None)
+    monkeypatch.setattr(realtime.loop, "run_headless", lambda *a, **k: SimpleNamespace(line=lambda: "", sink_error=""))
+    monkeypatch.setattr(ui.app, "run_app", lambda *args, **kwargs: seen.setdefault("window", kwargs["options"]) and 0)
+    source = tmp_path / "portrait.png"
+    cv2.imwrite(str(source), np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8))
+    return SimpleNamespace(seen=seen, processor=processor, source=source)

@@ -9,7 +9,6 @@ import torch
 
 from comfyui_liveportrait_rt.nodes import (
     LivePortraitExpressionEditor,
-    LivePortraitProcess,
     LivePortraitRTLoader,
     uint8_to_image_batch,
 )

@@ -84,29 +84,8 @@ def test_edit_command_writes_the_edited_portrait(
     assert code == 1 and err == f"error: {tmp_path / 'x.mp4'}: an edit is one picture; name it .png or .jpg\n"
 
 
-def test_edit_flags_reach_render_live_and_the_window(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import core.animator
-    import realtime.camera
-    import realtime.live
-    import realtime.loop
-    import render.offline
-    import ui.app
-    from realtime.live_api import FakeProcessor
-
-    seen: dict[str, object] = {}
-    processor = FakeProcessor()
-    monkeypatch.setattr(core.animator, "open_animator", lambda models, backend: (SimpleNamespace(backend="x"), "stub"))
-    monkeypatch.setattr(render.offline, "render", lambda *args, **kwargs: (
-        seen.setdefault("render", (args[4], kwargs["driving_option"], kwargs["source_video"])),
-        SimpleNamespace(summary=lambda: "0 frames"))[1])
-    monkeypatch.setattr(realtime.live, "make_processor", lambda models, backend: processor)
-    monkeypatch.setattr(realtime.camera, "open_camera", lambda spec: None)
-    monkeypatch.setattr(realtime.loop, "run_headless", lambda *a, **k: SimpleNamespace(line=lambda: "", sink_error=""))
-    monkeypatch.setattr(ui.app, "run_app", lambda *args, **kwargs: seen.setdefault("window", kwargs["options"]) and 0)
-    source = tmp_path / "portrait.png"
-    cv2.imwrite(str(source), np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8))
+def test_edit_flags_reach_render_live_and_the_window(capsys: pytest.CaptureFixture[str], stubbed_commands) -> None:
+    seen, processor, source = stubbed_commands.seen, stubbed_commands.processor, stubbed_commands.source
     flags = ["--smile", "0.5", "--head-yaw", "10", "--gaze-y", "-20", "--move-z", "1.1", "--target-lip-ratio", "0.3"]
     edit = Edit(smile=0.5, head_yaw=10.0, gaze_y=-20.0, move_z=1.1, target_lip_ratio=0.3)
     assert main(["render", "--source", str(source), "--driving", "d.mp4", "--out", "o.mp4", *flags,
@@ -114,7 +93,8 @@ def test_edit_flags_reach_render_live_and_the_window(
     assert main(["live", "--source", str(source), "--no-window", "--virtual-cam", *flags]) == 0
     assert main(["live", "--source", str(source), *flags]) == 0
     capsys.readouterr()
-    options, driving_option, video = seen["render"]  # type: ignore[misc]
+    args, kwargs = seen["render"]  # type: ignore[misc]
+    options, driving_option, video = args[4], kwargs["driving_option"], kwargs["source_video"]
     assert options.edit == edit and driving_option == "expression-friendly"
     assert (video.smooth_variance, video.eye_retargeting) == (1e-6, True)
     assert seen["window"].edit == edit and processor.options.edit == edit  # type: ignore[attr-defined]

@@ -16,7 +16,6 @@ import pytest
 from bench.live import main as live_bench
 from bench.pipeline import STAGES, run_bench
 from core.crop import crop_box, driving_box
-from core.images import load_image
 from realtime.live import LiveProcessor, make_processor
 from core.images import SourceError
 from engines.layout import DOWNLOAD_COMMAND, ModelsMissingError

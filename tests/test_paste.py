@@ -1,7 +1,6 @@
 """Paste-back (spec 8): the mask template, where the crop lands, and the identity paste."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import cv2
 import numpy as np

@@ -4,7 +4,6 @@ from __future__ import annotations
 import re
 import subprocess
 from pathlib import Path
-from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -291,34 +290,17 @@ def test_one_driving_image_renders_to_a_picture(
 
 
 def test_every_animation_flag_reaches_render_live_and_the_window(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    capsys: pytest.CaptureFixture[str], stubbed_commands
 ) -> None:
     """The commands parse each option flag into the ProcessOptions they hand on (the work itself is stubbed)."""
-    import core.animator
-    import realtime.camera
-    import realtime.live
-    import realtime.loop
-    import render.offline
-    import ui.app
-    from realtime.live_api import FakeProcessor
-
     defaults = ProcessOptions()
     flagged = [name for name in (*NODE_OPTIONS, "animation_region", "driving_multiplier") if name != "onnx_device"]
     assert [name for name in flagged if getattr(FLAGGED, name) == getattr(defaults, name)] == []
-    seen: dict[str, ProcessOptions] = {}
-    processor = FakeProcessor()
-    monkeypatch.setattr(core.animator, "open_animator", lambda models, backend: (SimpleNamespace(backend="x"), "stub"))
-    monkeypatch.setattr(render.offline, "render", lambda *args, **kwargs: (
-        seen.setdefault("render", args[4]), SimpleNamespace(summary=lambda: "0 frames"))[1])
-    monkeypatch.setattr(realtime.live, "make_processor", lambda models, backend: processor)
-    monkeypatch.setattr(realtime.camera, "open_camera", lambda spec: None)
-    monkeypatch.setattr(realtime.loop, "run_headless", lambda *a, **k: SimpleNamespace(line=lambda: "", sink_error=""))
-    monkeypatch.setattr(ui.app, "run_app", lambda *args, **kwargs: seen.setdefault("window", kwargs["options"]) and 0)
-    source = tmp_path / "portrait.png"
-    cv2.imwrite(str(source), np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8))
+    seen, processor, source = stubbed_commands.seen, stubbed_commands.processor, stubbed_commands.source
 
     assert main(["render", "--source", str(source), "--driving", "d.mp4", "--out", "o.mp4", *FLAGS]) == 0
     assert main(["live", "--source", str(source), "--no-window", "--virtual-cam", *FLAGS]) == 0
     assert main(["live", "--source", str(source), *FLAGS]) == 0
     capsys.readouterr()
-    assert seen == {"render": FLAGGED, "window": FLAGGED} and processor.options == FLAGGED
+    assert set(seen) == {"render", "window"}
+    assert seen["render"][0][4] == FLAGGED and seen["window"] == FLAGGED and processor.options == FLAGGED
