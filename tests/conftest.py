@@ -114,13 +114,21 @@ def reduced_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def reduced_models(reduced_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The exported models folder (every network's ONNX plus the face models) for the reduced weights."""
+def reduced_export(reduced_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list, list[str]]:
+    """One verified export of the reduced weights for the whole run: (models folder, verification rows, log lines).
+    The export tests check it; everything else runs from its folder."""
     from export.onnx_export import export_models
 
-    out = tmp_path_factory.mktemp("models")
-    export_models(reduced_weights, out, verify=False)
-    return out
+    out = tmp_path_factory.mktemp("export") / "models"
+    lines: list[str] = []
+    rows = export_models(reduced_weights, out, verify=True, log=lines.append)
+    return out, rows, lines
+
+
+@pytest.fixture(scope="session")
+def reduced_models(reduced_export: tuple[Path, list, list[str]]) -> Path:
+    """The exported models folder (every network's ONNX plus the face models) for the reduced weights."""
+    return reduced_export[0]
 
 
 @pytest.fixture(scope="session")
