@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 import numpy as np
-from scipy.spatial import ConvexHull
 
 from core.edit import NO_EDIT, Edit, edit_exp
 from core.options import ProcessOptions
@@ -369,7 +368,10 @@ def with_multiplier(x_s: np.ndarray, x_d: np.ndarray, multiplier: float) -> np.n
 
 def motion_multiplier(x_s: np.ndarray, x_d0: np.ndarray) -> float:
     """The official expression-friendly scale: sqrt(volume of the source keypoints' convex hull) / sqrt(that of
-    the first driving frame's composed keypoints), so a driver with a bigger face moves a smaller one less."""
+    the first driving frame's composed keypoints), so a driver with a bigger face moves a smaller one less.
+    scipy is imported here, not with the module: only the expression-friendly option needs it."""
+    from scipy.spatial import ConvexHull
+
     return float(np.sqrt(ConvexHull(x_s).volume) / np.sqrt(ConvexHull(x_d0).volume))
 
 
