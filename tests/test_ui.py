@@ -347,6 +347,8 @@ def test_every_control_is_inside_the_window_at_1280x720(qtbot, make_window, medi
         "Camera", "Portrait", "Animation", "Output"
     ]
     assert outside_controls(window) == []
+    bar = window.sections.tabBar()  # every tab's name in full view: none scrolled away or cut at the panel's edge
+    assert bar.tabRect(0).left() >= 0 and bar.tabRect(bar.count() - 1).right() < window.sections.width()
     assert window.backend_label.minimumSizeHint().width() == 0 and window.backend_label.toolTip() == long
     assert "dropped A+B" in window.readout.toolTip()
 

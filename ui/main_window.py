@@ -254,6 +254,9 @@ class MainWindow(QMainWindow):
         self.add_section("Animation", self._options_group())
         self.add_section("Output", self._output_group(backend))
         self.add_section("Expression", self.expression)
+        # every tab's name in view: no scroll arrows hiding "Camera" (the panel grows to the tab row if needed)
+        self.sections.tabBar().setUsesScrollButtons(False)
+        self.sections.setFixedWidth(max(PANEL_WIDTH, self.sections.tabBar().sizeHint().width() + 8))
 
         root = QHBoxLayout()
         root.addLayout(left, 1)
