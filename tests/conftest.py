@@ -262,3 +262,29 @@ def stubbed_commands(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> SimpleN
     source = tmp_path / "portrait.png"
     cv2.imwrite(str(source), np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8))
     return SimpleNamespace(seen=seen, processor=processor, source=source)
+
+
+@pytest.fixture
+def video(media_dir: Path) -> str:
+    """The shared driving video the window tests use as their camera."""
+    return str(media_dir / "driving" / "d11.mp4")
+
+
+@pytest.fixture
+def make_window(qtbot, tmp_path: Path, video: str, fake_cam) -> Callable:
+    """make_window(factory=None, camera=None, **MainWindow options): a shown window on the fake virtual camera whose
+    processor has loaded (or failed)."""
+    from tests.windows import Factory, loaded
+    from ui.main_window import MainWindow
+
+    def make(factory: Factory | None = None, camera: str | None = None, **kwargs) -> MainWindow:
+        window = MainWindow(
+            factory or Factory(), tmp_path / "models", "cpu", tmp_path / "config" / "settings.json",
+            camera=camera or video, vcam_backend=kwargs.pop("vcam_backend", fake_cam.open), **kwargs,
+        )
+        qtbot.addWidget(window)
+        window.show()
+        loaded(qtbot, window)
+        return window
+
+    return make

@@ -9,7 +9,7 @@ import pytest
 
 from core.edit import EDIT_RANGES, NO_EDIT, Edit
 from core.options import ProcessOptions
-from tests.test_ui import WAIT_MS, Factory, flowing, make_window, video  # noqa: F401  (fixtures)
+from tests.windows import WAIT_MS, Factory, flowing
 from ui.expression import ExpressionSection, saved_edit, slider_step
 
 

@@ -16,61 +16,13 @@ from PySide6.QtWidgets import (  # noqa: E402
     QWidget,
 )
 
-from engines.layout import DOWNLOAD_COMMAND, ModelsMissingError  # noqa: E402
+from engines.layout import DOWNLOAD_COMMAND  # noqa: E402
 from realtime.live_api import FakeProcessor  # noqa: E402
 from core.options import ProcessOptions  # noqa: E402
 from ui.main_window import RECORD_IDLE, RECORD_ON, MainWindow  # noqa: E402
 from render.outputs import RecordError  # noqa: E402
 from ui.settings import Settings  # noqa: E402
-
-WAIT_MS = 15000
-
-
-class Factory:
-    """Records every processor it makes; `fail` makes it raise like a missing models folder."""
-
-    def __init__(self, fail: bool = False) -> None:
-        self.made: list[FakeProcessor] = []
-        self.fail = fail
-
-    def __call__(self, models_dir: Path | None, backend: str) -> FakeProcessor:
-        if self.fail:
-            raise ModelsMissingError(f"models folder {models_dir} is missing motion_extractor.onnx")
-        processor = FakeProcessor(delay_s=0.003)
-        processor.backend = f"fake {backend}"
-        self.made.append(processor)
-        return processor
-
-
-@pytest.fixture
-def video(media_dir: Path) -> str:
-    return str(media_dir / "driving" / "d11.mp4")
-
-
-@pytest.fixture
-def make_window(qtbot, tmp_path: Path, video: str, fake_cam):
-    def make(factory: Factory | None = None, camera: str | None = None, **kwargs) -> MainWindow:
-        window = MainWindow(
-            factory or Factory(), tmp_path / "models", "cpu", tmp_path / "config" / "settings.json",
-            camera=camera or video, vcam_backend=kwargs.pop("vcam_backend", fake_cam.open), **kwargs,
-        )
-        qtbot.addWidget(window)
-        window.show()
-        loaded(qtbot, window)
-        return window
-
-    return make
-
-
-def loaded(qtbot, window: MainWindow) -> None:
-    """Wait for the models to load (on their worker thread) or fail."""
-    qtbot.waitUntil(window.device_combo.isEnabled, timeout=WAIT_MS)
-
-
-def flowing(qtbot, window: MainWindow, more: int = 3) -> None:
-    start = window.frames_shown
-    qtbot.waitUntil(lambda: window.frames_shown >= start + more, timeout=WAIT_MS)
-
+from tests.windows import WAIT_MS, Factory, flowing, loaded  # noqa: E402
 
 def test_every_control_reaches_the_processor(qtbot, make_window, media_dir: Path) -> None:
     factory = Factory()
@@ -403,9 +355,9 @@ def test_no_demo_banner_whichever_way_the_models_were_found(
     assert "models" not in window.messages and not window.models_panel.isVisibleTo(window)
 
 
-def test_first_run_panel_explains_and_rechecks_without_a_restart(qtbot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from engines.layout import MODEL_FILES
-
+@pytest.fixture
+def first_run_window(qtbot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> MainWindow:
+    """The window where no models folder is found anywhere (fresh config, no $LIVEPORTRAIT_MODELS, no ./models)."""
     monkeypatch.setenv("LIVEPORTRAIT_CONFIG_DIR", str(tmp_path / "config"))
     monkeypatch.delenv("LIVEPORTRAIT_MODELS", raising=False)
     monkeypatch.chdir(tmp_path)
@@ -413,6 +365,13 @@ def test_first_run_panel_explains_and_rechecks_without_a_restart(qtbot, tmp_path
     qtbot.addWidget(window)
     window.show()
     loaded(qtbot, window)
+    return window
+
+
+def test_first_run_panel_explains_and_rechecks_without_a_restart(qtbot, tmp_path: Path, first_run_window) -> None:
+    from engines.layout import MODEL_FILES
+
+    window = first_run_window
     assert window.processor is None and window.models_panel.isVisible()
     window.resize(1280, 720)
     assert outside_controls(window) == []  # the panel's buttons too
@@ -450,14 +409,8 @@ def fake_export(tmp_path: Path, fail: bool = False) -> list[str]:
     return [sys.executable, str(script)]
 
 
-def test_first_run_panel_makes_the_models_in_child_processes(qtbot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LIVEPORTRAIT_CONFIG_DIR", str(tmp_path / "config"))
-    monkeypatch.delenv("LIVEPORTRAIT_MODELS", raising=False)
-    monkeypatch.chdir(tmp_path)
-    window = MainWindow(Resolved, None, "cpu", tmp_path / "window.json", camera=str(tmp_path / "none.mp4"))
-    qtbot.addWidget(window)
-    window.show()
-    loaded(qtbot, window)
+def test_first_run_panel_makes_the_models_in_child_processes(qtbot, tmp_path: Path, first_run_window) -> None:
+    window = first_run_window
     assert window.models_panel.isVisible()
 
     window.make_models(tmp_path / "data", command=fake_export(tmp_path, fail=True))
