@@ -4,6 +4,7 @@ test tools of requirements-dev.txt, whose absence fails the run with the install
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -139,6 +140,37 @@ def animator(reduced_models: Path):
     made = Animator(reduced_models, "cpu")
     yield made
     made.close()
+
+
+def _fingerprint(nets: object, f_s: np.ndarray, x_s: np.ndarray, x_d: np.ndarray) -> np.ndarray:
+    """Networks.warp_decode's stand-in: the SHA-256 of its inputs (as the networks take them) tiled into a crop."""
+    digest = hashlib.sha256(b"".join(np.ascontiguousarray(a, np.float32).tobytes() for a in (f_s, x_s, x_d)))
+    return np.resize(np.frombuffer(digest.digest(), np.uint8), (512, 512, 3))
+
+
+@pytest.fixture
+def fingerprint_warp(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every Animator's warp + decode (pure, and a second or more per frame here) gives a fingerprint of its inputs
+    instead: a 512x512 crop that is equal exactly when (f_s, x_s, x_d) are. For tests of which sources, frames and
+    options meet; everything around the networks (crop, motion, keypoints, paste-back, outputs) still runs. The
+    networks themselves are checked against PyTorch by the export and animate for real in the ComfyUI node, live,
+    window and render tests."""
+    from core.animator import Networks
+
+    monkeypatch.setattr(Networks, "warp_decode", _fingerprint)
+
+
+@pytest.fixture
+def session_animator(animator, reduced_models: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """main.py's commands run on the session's Animator (its sessions are opened once), after checking that the
+    command asked for the test models on the CPU; the real opening is tested by the no-models and no-torch tests."""
+    import core.animator
+
+    def open_shared(models_dir: Path | None, backend: str):
+        assert (models_dir, backend) == (reduced_models, "cpu")
+        return animator, "ONNX Runtime on the CPU, as asked."
+
+    monkeypatch.setattr(core.animator, "open_animator", open_shared)
 
 
 @pytest.fixture(scope="session")

@@ -42,7 +42,7 @@ MUTANTS = (
            "settings = ProcessOptions()",
            ("tests/test_comfyui_node.py::test_node_frames_are_exactly_what_process_gives",)),
     Mutant("node-progress", "comfyui_liveportrait_rt/nodes.py", "            comfy_progress(),\n", "            None,\n",
-           ("tests/test_comfyui_node.py::test_two_sources_times_three_frames_give_six_frames_in_range",)),
+           ("tests/test_comfyui_node.py::test_two_sources_times_two_frames_give_four_frames_in_range",)),
     Mutant("cli-options", "main.py", "for name in ProcessOptions.names() if hasattr(args, name)}",
            "for name in () if hasattr(args, name)}",  # every flag ignored: the defaults
            ("tests/test_render.py::test_every_animation_flag_reaches_render_live_and_the_window",)),

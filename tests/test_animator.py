@@ -1,5 +1,7 @@
 """The animation core on real media with the reduced fake models: crops, motion math through the networks,
-paste-back, and process()'s batch behaviour. Fake weights make the pixels meaningless; geometry and math are real."""
+paste-back, and process()'s batch behaviour. Fake weights make the pixels meaningless; geometry and math are real.
+Tests of paste-back and batching take the fingerprint_warp stand-in for the warp and decode (seconds a frame here):
+their crops are fingerprints of the warp's inputs."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -133,7 +135,10 @@ def test_eye_retargeting_with_relative_motion_moves_only_by_the_eye_delta(animat
     np.testing.assert_allclose(x_d, source.x_s + delta, atol=1e-6)
 
 
-def test_identity_driving_leaves_the_photo_unchanged_outside_the_mask(animator: Animator, portrait: np.ndarray, first_frames) -> None:
+def test_identity_driving_leaves_the_photo_unchanged_outside_the_mask(
+    animator: Animator, portrait: np.ndarray, first_frames, fingerprint_warp: None
+) -> None:
+    """The paste-back of the crops (fingerprints of the warp's inputs) into the photo."""
     still = [first_frames[0]] * 2
     crops, fulls = process([portrait], still, ProcessOptions(), animator)
     assert crops.shape == (2, 512, 512, 3) and fulls.shape == (2, *portrait.shape)
@@ -146,7 +151,10 @@ def test_identity_driving_leaves_the_photo_unchanged_outside_the_mask(animator: 
     assert np.abs(fulls[0][inside].astype(int) - portrait[inside]).mean() > 1  # the face was replaced
 
 
-def test_process_batches_sources_then_driving_frames_in_order(animator: Animator, load_portrait, first_frames) -> None:
+def test_process_batches_sources_then_driving_frames_in_order(
+    animator: Animator, load_portrait, first_frames, fingerprint_warp: None
+) -> None:
+    """Which source meets which frame, in which order: the crops are fingerprints of the warp's inputs."""
     a, b = load_portrait("s0.jpg"), load_portrait("s5.jpg")
     progress: list[tuple[int, int]] = []
     crops, fulls = process([a, b], first_frames[:2], ProcessOptions(), animator, lambda *p: progress.append(p))
@@ -157,7 +165,11 @@ def test_process_batches_sources_then_driving_frames_in_order(animator: Animator
     np.testing.assert_array_equal(crops[2:], single)
 
 
-def test_odd_source_formats_animate_exactly_like_their_rgb_conversion(animator: Animator, portrait: np.ndarray) -> None:
+def test_odd_source_formats_animate_exactly_like_their_rgb_conversion(
+    animator: Animator, portrait: np.ndarray, fingerprint_warp: None
+) -> None:
+    """Every input of the warp (features, keypoints: the crops are their fingerprints) and the pasted frames are
+    those of the RGB conversion."""
     gray = portrait.mean(axis=2).astype(np.uint8)
     rgba = np.dstack([portrait, np.full(portrait.shape[:2], 255, np.uint8)])
     deep = portrait.astype(np.uint16) * 257  # 16-bit: exactly the 8-bit portrait scaled by 65535 / 255

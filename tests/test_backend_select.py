@@ -11,6 +11,7 @@ from engines import select
 from engines.base import ModelLoadError
 from engines.select import BackendChoice, BackendUnavailable, choose_backend
 from engines.trt import GpuInfo
+from tests.onnx_models import one_op_model
 
 GPU = GpuInfo("NVIDIA GeForce RTX 4090", (8, 9))
 CUDA_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
@@ -104,20 +105,6 @@ def test_this_machine_gets_what_its_probes_allow(tmp_path: Path) -> None:
     else:
         assert choice.name != "cuda" and choice.name != "tensorrt"
         assert f"ONNX Runtime's CUDA provider did not start ({select.probe_ort_cuda_problem()})" in choice.reason
-
-
-def one_op_model(path: Path, op: str, elem_type: int) -> None:
-    """A one-node ONNX model y = op(x) over [1, 3] tensors of `elem_type`, saved at `path`."""
-    from onnx import helper, save
-
-    graph = helper.make_graph(
-        [helper.make_node(op, ["x"], ["y"])], op.lower(),
-        [helper.make_tensor_value_info("x", elem_type, [1, 3])],
-        [helper.make_tensor_value_info("y", elem_type, [1, 3])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    save(model, str(path))
 
 
 def test_open_runner_keeps_the_onnxruntime_backends_and_adds_tensorrt(tmp_path: Path) -> None:

@@ -12,12 +12,12 @@ import pytest
 
 from bench import gpu
 from engines.trt import host_view
-from tests.test_trt_runner import FakeCuda, _runner
+from tests.fake_trt import FakeCuda, fake_runner
 
 
 def test_tensorrt_device_call_runs_the_engine_with_no_host_copies(tmp_path: Path) -> None:
     cuda = FakeCuda()
-    runner = _runner(tmp_path, cuda)
+    runner = fake_runner(tmp_path, cuda)
     run, release = gpu.device_call(runner, {"x": np.array([[1.0, 2.0, 3.0]], np.float32)}, cuda)
     cuda.calls.clear()
     for _ in range(2):
@@ -33,7 +33,7 @@ def test_onnxruntime_device_call_binds_inputs_and_outputs_on_the_sessions_device
     from onnx import TensorProto
 
     from engines.ort import OrtRunner
-    from tests.test_backend_select import one_op_model
+    from tests.onnx_models import one_op_model
 
     one_op_model(tmp_path / "relu.onnx", "Relu", TensorProto.FLOAT)
     with OrtRunner(tmp_path / "relu.onnx") as runner:
@@ -50,7 +50,7 @@ def test_tensorrt_networks_are_timed_with_and_without_cuda_graphs(tmp_path: Path
 
     def fake_open(backend: str, models: Path, engines: Path, cuda_graph: bool = False) -> dict:
         asked.append(cuda_graph)
-        return {name: _runner(tmp_path, cuda, f"{name}.engine", cuda_graph=cuda_graph) for name in gpu.NETWORKS}
+        return {name: fake_runner(tmp_path, cuda, f"{name}.engine", cuda_graph=cuda_graph) for name in gpu.NETWORKS}
 
     monkeypatch.setattr(gpu, "open_runners", fake_open)
     monkeypatch.setattr(gpu, "WARMUP", 1)

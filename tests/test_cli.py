@@ -175,7 +175,7 @@ def test_config_dir_follows_the_platform(tmp_path: Path, monkeypatch: pytest.Mon
 def test_a_slow_live_loop_reads_seconds_per_frame_not_zero_fps(monkeypatch: pytest.MonkeyPatch) -> None:
     import realtime.loop as loop_module
     from realtime.live_api import FakeProcessor
-    from tests.test_loop import SyntheticCamera
+    from tests.loops import SyntheticCamera
 
     loop = loop_module.LiveLoop(FakeProcessor(), SyntheticCamera(0.0), [])  # never started: the clock is ours
     now = [100.0]

@@ -25,7 +25,7 @@ from core.motion import (
     video_parts,
 )
 from tests.conftest import FIXTURES
-from tests.test_motion import random_info
+from tests.motion_inputs import random_info
 
 X, Y, Z = 0, 1, 2
 #: the sheet's table for a positive value v: control -> {(keypoint, axis): coefficient of v}

@@ -31,7 +31,8 @@ def test_editor_inputs_are_every_control_with_the_official_ranges() -> None:
     assert LivePortraitExpressionEditor.FUNCTION == "edit"
 
 
-def test_editor_edits_each_image_of_the_batch(reduced_models: Path, load_portrait) -> None:
+def test_editor_edits_each_image_of_the_batch(reduced_models: Path, load_portrait, fingerprint_warp: None) -> None:
+    """Each image of the batch is edited on its own (the crops are fingerprints of the warp's inputs)."""
     portrait = load_portrait("s0.jpg")
     batch = np.stack([portrait, portrait[:, ::-1]])
     (pipe,) = LivePortraitRTLoader().load(str(reduced_models), "onnx_device")

@@ -18,7 +18,7 @@ from core.templates import load_template
 from main import main
 from render.offline import array_clip, driving_frames, process
 from render.outputs import ffmpeg_exe, has_audio
-from tests.test_templates import official_pickle
+from tests.motion_inputs import official_pickle
 
 
 def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -66,8 +66,10 @@ def test_an_edit_changes_the_animated_frame_and_the_target_ratio_asks_the_mlp(an
 
 
 def test_edit_command_writes_the_edited_portrait(
-    reduced_models: Path, media_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    session_animator: None, reduced_models: Path, media_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    fingerprint_warp: None,
 ) -> None:
+    """The crops are fingerprints of the warp's inputs: an edit that reaches the keypoints changes the picture."""
     source = media_dir / "portraits" / "s0.jpg"
     base = ["edit", "--models", str(reduced_models), "--backend", "cpu", "--source", str(source)]
     code, stdout, _ = _run([*base, "--out", str(tmp_path / "smile.png"), "--smile", "1", "--head-yaw", "-10"], capsys)
@@ -119,10 +121,11 @@ def talking_clip(media_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 
 def test_render_a_source_video_with_a_driving_video(
-    reduced_models: Path, source_clip: Path, talking_clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    session_animator: None, reduced_models: Path, source_clip: Path, talking_clip: Path, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], fingerprint_warp: None,
 ) -> None:
     """Video-to-video on shared media: stops at the shorter (2 driving frames for 3 source frames), the source's
-    size, the driving video's sound, a progress bar on stderr."""
+    size, the driving video's sound, a progress bar on stderr; the crops are fingerprints of the warp's inputs."""
     out = tmp_path / "v2v.mp4"
     code, stdout, err = _run(["render", "--models", str(reduced_models), "--backend", "cpu", "--source",
                               str(source_clip), "--driving", str(talking_clip), "--out", str(out),

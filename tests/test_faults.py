@@ -34,7 +34,7 @@ from realtime.loop import LiveLoop, run_headless
 from render.offline import make_template, render
 from render.outputs import Interrupted, RecordError, VideoFile
 from tests.dev import dev_module
-from tests.test_loop import ListSink, SyntheticCamera, portrait, wait_for
+from tests.loops import ListSink, SyntheticCamera, noise_portrait, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,7 +59,7 @@ class StubAnimator:
 def inputs(folder: Path, frames: int = 10) -> tuple[Path, Path]:
     """A 64x48 portrait and a template of `frames` frames (scale = 20 * i picks each frame's grey level)."""
     source = folder / "portrait.png"
-    cv2.imwrite(str(source), np.asarray(portrait(48, 64)))
+    cv2.imwrite(str(source), np.asarray(noise_portrait(48, 64)))
     template = folder / "motion.npz"
     save_template(template, [Motion(np.eye(3), np.zeros((21, 3)), 20.0 * i, np.zeros(3)) for i in range(frames)], 25)
     return source, template
@@ -430,7 +430,7 @@ def test_7_and_8_headless_failures_exit_non_zero_with_one_line(
 
     monkeypatch.setattr(realtime.live, "make_processor", lambda models, backend: FakeProcessor())
     source = tmp_path / "portrait.png"
-    cv2.imwrite(str(source), portrait(48, 64))
+    cv2.imwrite(str(source), noise_portrait(48, 64))
     out = tmp_path / "rec.mp4"
 
     def full_disk(self: Recorder, frame: LiveFrame) -> None:

@@ -1,4 +1,5 @@
-"""The layout's rules, read from the code's own imports (ast): arrows only go down, no circles, torch only in export.
+"""The layout's rules, read from the code's own imports (ast): arrows only go down, no circles, torch only in export,
+and no module of tests/ imports a test module (shared helpers have modules of their own).
 
 The rules are data (ALLOWED): each top-level package names the packages it may import. A new module is checked
 the moment it exists; a new package must be added here, with the README's Architecture section.
@@ -43,8 +44,9 @@ def module_files() -> dict[str, Path]:
     return files
 
 
-def imports_of(name: str, path: Path) -> set[str]:
-    """Our modules that `name` imports anywhere in its file (lazy and TYPE_CHECKING imports included)."""
+def imports_of(name: str, path: Path, roots: tuple[str, ...] = OURS) -> set[str]:
+    """The modules under `roots` (ours by default) that `name` imports anywhere in its file (lazy and TYPE_CHECKING
+    imports included)."""
     tree = ast.parse(path.read_text(), str(path))
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
@@ -57,7 +59,14 @@ def imports_of(name: str, path: Path) -> set[str]:
                 base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
             found.add(base)
             found |= {f"{base}.{alias.name}" for alias in node.names}
-    return {m for m in found if m.split(".")[0] in OURS}
+    return {m for m in found if m.split(".")[0] in roots}
+
+
+def other_test_modules(path: Path) -> set[str]:
+    """The tests.test_* modules, other than its own, that the file of tests/ at `path` imports."""
+    name = f"tests.{path.stem}"
+    found = {".".join(m.split(".")[:2]) for m in imports_of(name, path, ("tests",))}
+    return {m for m in found if m.startswith("tests.test_") and m != name}
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +119,28 @@ def test_a_rule_break_is_caught(tmp_path: Path) -> None:
     rel = tmp_path / "__init__.py"
     rel.write_text("from .crop import crop_box\nfrom . import motion\n")
     assert imports_of("core", rel) >= {"core.crop", "core.motion"}
+
+
+def test_no_test_module_imports_another() -> None:
+    """Tests share helpers through helper modules (tests/windows.py, tests/loops.py, ...) and conftest fixtures, never
+    through a test module, so that a test file can be edited, moved or run alone without breaking others."""
+    found = {path.name: other_test_modules(path) for path in sorted((ROOT / "tests").glob("*.py"))}
+    assert {"test_layout.py", "conftest.py", "loops.py"} <= set(found)
+    assert {name: modules for name, modules in found.items() if modules} == {}
+
+
+def test_a_test_module_importing_another_is_caught(tmp_path: Path) -> None:
+    """The checker itself: every form of importing another test module is reported; helper modules and the file's
+    own name are not."""
+    planted = tmp_path / "test_planted.py"
+    planted.write_text(
+        "from tests.test_loop import SyntheticCamera\nimport tests.test_ui\nfrom . import test_motion\n"
+        "from .test_edit import CASES\nfrom tests.loops import wait_for\nfrom tests import windows, test_planted\n"
+        "def lazy():\n    from tests.test_templates import good_arrays\n"
+    )
+    assert other_test_modules(planted) == {
+        "tests.test_loop", "tests.test_ui", "tests.test_motion", "tests.test_edit", "tests.test_templates"
+    }
 
 
 def test_only_export_and_torch_users_need_torch() -> None:

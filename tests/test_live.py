@@ -1,7 +1,8 @@
 """The real LiveProcessor on the reduced models with real portraits and a real driving video.
 
 Animated frames cost about 1.5 s each on CPU (the warping module), so most checks read the processor's motion
-with no portrait set (process() then stops before warp + decode) and only a handful of frames are animated.
+with no portrait set (process() then stops before warp + decode), tests that need frames but not their pixels
+take the fingerprint_warp stand-in, and only a handful of frames are animated.
 """
 from __future__ import annotations
 
@@ -79,7 +80,7 @@ def test_animates_portrait_switches_and_keeps_it_when_the_next_has_no_face(
 
 
 def test_face_loss_eases_to_neutral_and_tracking_resumes(
-    processor: LiveProcessor, first_frames: list[np.ndarray], load_portrait
+    processor: LiveProcessor, first_frames: list[np.ndarray], load_portrait, fingerprint_warp: None
 ) -> None:
     for frame in first_frames[:3]:
         assert processor.process(frame).face_found
@@ -160,7 +161,7 @@ def test_smoothing_zero_passes_raw_motion_and_smoothing_filters_it(
 
 
 def test_crop_options_prepare_the_portrait_again(
-    processor: LiveProcessor, first_frames: list[np.ndarray], load_portrait
+    processor: LiveProcessor, first_frames: list[np.ndarray], load_portrait, fingerprint_warp: None
 ) -> None:
     image = load_portrait("s6.jpg")
     processor.set_source(image)
@@ -203,7 +204,10 @@ def test_make_processor_without_models_says_how_to_get_them(
         found.close()
 
 
-def test_pipeline_bench_table(processor: LiveProcessor, media_dir: Path, capsys: pytest.CaptureFixture) -> None:
+def test_pipeline_bench_table(
+    processor: LiveProcessor, media_dir: Path, capsys: pytest.CaptureFixture, fingerprint_warp: None
+) -> None:
+    """The table's rows and arithmetic (the warp and decode are stood in for: their speed is the benchmark's)."""
     result = run_bench(processor.animator, media_dir / "portraits" / "s6.jpg", media_dir / "driving" / DRIVING, 1)
     (frame,) = result.frames
     assert {"landmarks", "motion", "stitching/retargeting", "warp+decode", "paste-back"} == set(frame.stages)

@@ -19,51 +19,7 @@ from realtime.loop import DropOldestQueue, LiveLoop, run_headless
 from core.options import ProcessOptions
 from realtime.record import Recorder
 from render.outputs import RecordExistsError
-
-
-class SyntheticCamera:
-    """Fast camera: a new 48x64 frame every `interval` s."""
-
-    def __init__(self, interval: float) -> None:
-        self.fps, self.status, self.interval = 1000.0, "", interval
-        self.n = 0
-        self.closed = False
-
-    def read(self) -> np.ndarray:
-        if self.interval:
-            time.sleep(self.interval)
-        self.n += 1
-        frame = np.full((48, 64, 3), 40, np.uint8)
-        frame[:, self.n % 64] = 255
-        return frame
-
-    def close(self) -> None:
-        self.closed = True
-
-
-class ListSink:
-    def __init__(self) -> None:
-        self.frames: list[LiveFrame] = []
-        self.closed = False
-
-    def send(self, frame: LiveFrame) -> None:
-        self.frames.append(frame)
-        del self.frames[:-5]  # keep memory flat
-
-    def close(self) -> None:
-        self.closed = True
-
-
-def portrait(h: int = 40, w: int = 30) -> np.ndarray:
-    return np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)
-
-
-def wait_for(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.005)
+from tests.loops import ListSink, SyntheticCamera, noise_portrait, wait_for
 
 
 def test_drop_oldest_queue() -> None:
@@ -80,7 +36,7 @@ def test_2000_frames_bounded_queues_latency_and_memory() -> None:
     processor = FakeProcessor(delay_s=0.001)
     sink = ListSink()
     loop = LiveLoop(processor, SyntheticCamera(0.0005), [sink])
-    loop.set_source(portrait())
+    loop.set_source(noise_portrait())
     tracemalloc.start()
     try:
         loop.start()
@@ -118,7 +74,7 @@ def test_controls_apply_on_processing_thread_without_restart() -> None:
         assert (processor.smoothing, processor.lock_scale) == (0.4, True)
         loop.recalibrate()
         wait_for(lambda: processor.recalibrations == 1)
-        loop.set_source(portrait()).result(5)
+        loop.set_source(noise_portrait()).result(5)
         failed = loop.set_source(np.zeros((20, 20, 3), np.uint8))
         with pytest.raises(SourceError, match="no face found in the portrait"):
             failed.result(5)
@@ -200,7 +156,7 @@ def test_broken_sink_is_removed_others_continue() -> None:
 
 def test_run_headless_with_fake_vcam_and_recording(tmp_path: Path, fake_cam) -> None:
     processor = FakeProcessor()
-    processor.set_source(portrait(60, 40))
+    processor.set_source(noise_portrait(60, 40))
     lines: list[str] = []
     out = tmp_path / "rec.mp4"
     stats = run_headless(

@@ -27,6 +27,7 @@ from core.motion import (
     transform_kp,
 )
 from core.options import ProcessOptions
+from tests.motion_inputs import random_info
 
 # (Rz Ry Rx)^T written out by hand for single 90-degree turns; row-vector convention p' = p @ R
 R_YAW_90 = np.array([[0, 0, -1], [0, 1, 0], [1, 0, 0]], dtype=np.float32)
@@ -40,17 +41,6 @@ def peaked(*bins: int) -> np.ndarray:
     z = np.zeros((1, 66), dtype=np.float32)
     z[0, list(bins)] = 200.0
     return z
-
-
-def random_info(rng: np.random.Generator) -> KpInfo:
-    pitch, yaw, roll = rng.uniform(-40, 40, 3)
-    return KpInfo(
-        pitch=pitch, yaw=yaw, roll=roll, R=rotation(pitch, yaw, roll),
-        t=rng.uniform(-0.2, 0.2, 3).astype(np.float32),
-        exp=rng.normal(0, 0.02, (21, 3)).astype(np.float32),
-        scale=float(rng.uniform(1.4, 2.0)),
-        kp=rng.uniform(-0.8, 0.8, (21, 3)).astype(np.float32),
-    )
 
 
 def plain_info(kp: np.ndarray | None = None, exp: np.ndarray | None = None) -> KpInfo:

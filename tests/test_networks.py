@@ -66,7 +66,20 @@ def warping() -> torch.nn.Module:
     return build_network("warping_module", REDUCED)
 
 
-def test_reduced_forward_shapes(warping: torch.nn.Module) -> None:
+#: (inputs, outputs) of one forward
+Forward = tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]
+
+
+@pytest.fixture(scope="module")
+def still_warp(warping: torch.nn.Module) -> Forward:
+    """(inputs, outputs) of the reduced warping module when the keypoints do not move: its forward takes seconds
+    here, so this one serves the shape, export-mode and identity checks."""
+    feature, kp, _ = example_inputs("warping_module", REDUCED)
+    with torch.no_grad():
+        return (feature, kp, kp), as_tuple(warping(feature, kp, kp))
+
+
+def test_reduced_forward_shapes(warping: torch.nn.Module, still_warp: Forward) -> None:
     expected = {
         "appearance_feature_extractor": [(1, 4, 16, 64, 64)],
         "motion_extractor": [(1, 66)] * 3 + [(1, 3), (1, 63), (1, 1), (1, 63)],
@@ -79,14 +92,16 @@ def test_reduced_forward_shapes(warping: torch.nn.Module) -> None:
     torch.manual_seed(0)
     with torch.no_grad():
         for name in NETWORK_NAMES:
-            net = warping if name == "warping_module" else build_network(name, REDUCED)
-            outs = as_tuple(net(*example_inputs(name, REDUCED)))
+            if name == "warping_module":
+                inputs, outs = still_warp
+            else:
+                outs = as_tuple(build_network(name, REDUCED)(*example_inputs(name, REDUCED)))
             assert [tuple(o.shape) for o in outs] == expected[name], name
             assert all(torch.isfinite(o).all() for o in outs), name
             if name == "warping_module":  # the export mode returns the same `out` alone
-                net.out_only = True
-                assert torch.equal(net(*example_inputs(name, REDUCED)), outs[0])
-                net.out_only = False
+                warping.out_only = True
+                assert torch.equal(warping(*inputs), outs[0])
+                warping.out_only = False
 
 
 def test_identity_grid_is_align_corners_true_linspace() -> None:
@@ -118,13 +133,10 @@ def test_sparse_motions_are_per_keypoint_translations(warping: torch.nn.Module) 
     torch.testing.assert_close(motions[0, 5], dm.grid - kp_d[0, 4] + kp_s[0, 4])
 
 
-def test_deformation_is_identity_when_keypoints_do_not_move(warping: torch.nn.Module) -> None:
+def test_deformation_is_identity_when_keypoints_do_not_move(warping: torch.nn.Module, still_warp: Forward) -> None:
     # every sparse motion is then the identity grid, and the softmax mask weights sum to one
-    net = warping
-    feature, kp, _ = example_inputs("warping_module", REDUCED)
-    with torch.no_grad():
-        _, occlusion, deformation = net(feature, kp, kp)
-    torch.testing.assert_close(deformation[0], net.dense_motion_network.grid, atol=1e-6, rtol=0)
+    _, (_, occlusion, deformation) = still_warp
+    torch.testing.assert_close(deformation[0], warping.dense_motion_network.grid, atol=1e-6, rtol=0)
     assert ((occlusion > 0) & (occlusion < 1)).all()
 
 

@@ -57,19 +57,6 @@ def talking_video(media_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return path
 
 
-@pytest.fixture
-def session_animator(animator, reduced_models: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """render and template run on the session's Animator (its sessions are opened once), after checking that the
-    command asked for the test models on the CPU; the real opening is tested by the no-models and no-torch tests."""
-    import core.animator
-
-    def open_shared(models_dir: Path | None, backend: str):
-        assert (models_dir, backend) == (reduced_models, "cpu")
-        return animator, "ONNX Runtime on the CPU, as asked."
-
-    monkeypatch.setattr(core.animator, "open_animator", open_shared)
-
-
 def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     """Exit code, stdout, and stderr without the informational "backend: ..." line."""
     code = main(args)
@@ -79,7 +66,7 @@ def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
 
 def test_render_from_a_template_writes_full_frames_and_crops(
     session_animator: None, reduced_models: Path, media_dir: Path, short_template: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-    read_video,
+    read_video, fingerprint_warp: None,
 ) -> None:
     source = media_dir / "portraits" / "s5.jpg"
     out, crops = tmp_path / "out.mp4", tmp_path / "crops.mp4"
@@ -100,7 +87,7 @@ def test_render_from_a_template_writes_full_frames_and_crops(
 
 def test_render_from_a_video_keeps_its_sound(
     session_animator: None, reduced_models: Path, media_dir: Path, talking_video: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-    read_video,
+    read_video, fingerprint_warp: None,
 ) -> None:
     out, crops = tmp_path / "out.mp4", tmp_path / "crops.mp4"
     code, stdout, _ = _run(["render", "--models", str(reduced_models), "--backend", "cpu", "--source",
@@ -197,7 +184,8 @@ def test_portrait_without_face_and_missing_models_are_explained(
 
 
 def test_live_headless_runs_and_says_when_there_is_no_virtual_camera(
-    reduced_models: Path, media_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    reduced_models: Path, media_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    fingerprint_warp: None,
 ) -> None:
     from realtime import vcam
 
@@ -275,7 +263,8 @@ def test_a_models_folder_given_once_is_remembered(
 
 
 def test_one_driving_image_renders_to_a_picture(
-    session_animator: None, reduced_models: Path, media_dir: Path, short_template: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    session_animator: None, reduced_models: Path, media_dir: Path, short_template: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    fingerprint_warp: None,
 ) -> None:
     source = media_dir / "portraits" / "s5.jpg"
     out, crop = tmp_path / "out.png", tmp_path / "crop.jpg"

@@ -16,6 +16,7 @@ from core.templates import (
     save_template,
     save_template_arrays,
 )
+from tests.motion_inputs import official_pickle
 
 WITH_RATIOS = {"d1", "d2", "d8"}
 
@@ -164,24 +165,6 @@ def test_template_frames_are_read_only_and_bounded(tmp_path: Path) -> None:
 
 
 # --- official .pkl templates ---------------------------------------------------------------------------------------
-
-def official_pickle(n: int = 3, old_keys: bool = False, protocol: int = pickle.HIGHEST_PROTOCOL) -> tuple[bytes, dict]:
-    """A template in the official layout (what its make_motion_template writes): (1, ...) float32 arrays."""
-    rng = np.random.default_rng(n)
-    r_key, eyes_key, lip_key = ("R_d", "c_d_eyes_lst", "c_d_lip_lst") if old_keys else ("R", "c_eyes_lst", "c_lip_lst")
-    motion = [{
-        "scale": rng.uniform(1, 2, (1, 1)).astype(np.float32),
-        r_key: rng.normal(size=(1, 3, 3)).astype(np.float32),
-        "exp": rng.normal(size=(1, 21, 3)).astype(np.float32),
-        "t": rng.normal(size=(1, 3)).astype(np.float32),
-        "kp": rng.normal(size=(1, 21, 3)).astype(np.float32),
-        "x_s": rng.normal(size=(1, 21, 3)).astype(np.float32),
-    } for _ in range(n)]
-    data = {"n_frames": n, "output_fps": 30, "motion": motion,
-            eyes_key: [rng.uniform(0, 0.5, (1, 2)).astype(np.float32) for _ in range(n)],
-            lip_key: [rng.uniform(0, 0.5, (1, 1)).astype(np.float32) for _ in range(n)]}
-    return pickle.dumps(data, protocol=protocol), data
-
 
 @pytest.mark.parametrize("old_keys", [False, True], ids=["new-keys", "old-keys"])
 @pytest.mark.parametrize("protocol", [2, 4, 5])

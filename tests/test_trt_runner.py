@@ -1,7 +1,6 @@
 """TrtRunner's bookkeeping against fakes (host memory stands in for the GPU), and against a real GPU where present."""
 from __future__ import annotations
 
-import ctypes
 import logging
 import inspect
 import re
@@ -31,147 +30,12 @@ from engines.trt import (
     import_tensorrt,
     trt_logger,
 )
-
-
-class FakeCuda:
-    """CUDA with host memory as 'device' memory: copies are memmoves, a captured graph replays its calls."""
-
-    def __init__(self) -> None:
-        self.memory: dict[int, np.ndarray] = {}
-        self.calls: list[str] = []
-        self.capturing: list[Any] | None = None
-
-    def _alloc(self, nbytes: int) -> int:
-        block = np.zeros(max(nbytes, 1), np.uint8)
-        self.memory[block.ctypes.data] = block
-        return block.ctypes.data
-
-    def malloc(self, nbytes: int) -> int:
-        self.calls.append("malloc")
-        return self._alloc(nbytes)
-
-    def malloc_host(self, nbytes: int) -> int:
-        self.calls.append("malloc_host")
-        return self._alloc(nbytes)
-
-    def free(self, ptr: int) -> None:
-        del self.memory[ptr]
-
-    free_host = free
-
-    def copy_htod(self, dst: int, src: int, nbytes: int, stream: Any) -> None:
-        self.calls.append("htod")
-        ctypes.memmove(dst, src, nbytes)
-
-    def copy_dtoh(self, dst: int, src: int, nbytes: int, stream: Any) -> None:
-        self.calls.append("dtoh")
-        ctypes.memmove(dst, src, nbytes)
-
-    def stream_create(self) -> int:
-        return 7
-
-    def stream_sync(self, stream: Any) -> None:
-        self.calls.append(f"sync {stream}")
-
-    def stream_destroy(self, stream: Any) -> None:
-        self.calls.append(f"destroy stream {stream}")
-
-    def capture_begin(self, stream: Any) -> None:
-        self.calls.append("capture begin")
-        self.capturing = []
-
-    def capture_end(self, stream: Any) -> list[Any]:
-        self.calls.append("capture end")
-        graph, self.capturing = self.capturing, None
-        return graph
-
-    def graph_launch(self, graph: list[Any], stream: Any) -> None:
-        self.calls.append("graph launch")
-        for work in graph:
-            work()
-
-    def graph_destroy(self, graph: Any) -> None:
-        self.calls.append("graph destroy")
-
-
-class Enum(SimpleNamespace):
-    """A TensorRT enum value: the runner only reads `.name`."""
-
-
-class FakeEngine:
-    """An engine y = 2 * x + 1 over float32 tensors of `shape` (dtype names as TensorRT spells them)."""
-
-    def __init__(self, cuda: FakeCuda, shape: tuple[int, ...] = (1, 3), dtype: str = "FLOAT") -> None:
-        self.cuda = cuda
-        self.tensors = {"x": (shape, dtype, "INPUT"), "y": (shape, dtype, "OUTPUT")}
-        self.num_io_tensors = 2
-
-    def get_tensor_name(self, index: int) -> str:
-        return list(self.tensors)[index]
-
-    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
-        return self.tensors[name][0]
-
-    def get_tensor_dtype(self, name: str) -> Enum:
-        return Enum(name=self.tensors[name][1])
-
-    def get_tensor_mode(self, name: str) -> Enum:
-        return Enum(name=self.tensors[name][2])
-
-    def create_execution_context(self) -> "FakeContext":
-        return FakeContext(self)
-
-
-class FakeContext:
-    def __init__(self, engine: FakeEngine) -> None:
-        self.engine = engine
-        self.addresses: dict[str, int] = {}
-        self.runs = 0
-
-    def set_tensor_address(self, name: str, ptr: int) -> bool:
-        self.addresses[name] = ptr
-        return True
-
-    def execute_async_v3(self, stream_handle: int) -> bool:
-        shape = self.engine.tensors["x"][0]
-        x, y = (host_view(self.addresses[n], shape, np.dtype(np.float32)) for n in ("x", "y"))
-
-        def work() -> None:
-            self.runs += 1
-            y[...] = 2 * x + 1
-
-        if self.engine.cuda.capturing is not None:
-            self.engine.cuda.capturing.append(work)
-        else:
-            work()
-        return True
-
-
-class FakeTrt:
-    """The slice of the tensorrt module TrtRunner touches; its Runtime deserialises b"good" into a FakeEngine and
-    anything else into None, as TensorRT does with a plan it cannot load. It records the loggers it was given."""
-
-    class ILogger:
-        INTERNAL_ERROR, ERROR, WARNING = "internal error", "error", "warning"
-
-        def __init__(self) -> None:
-            pass
-
-    def __init__(self, cuda: FakeCuda) -> None:
-        load = lambda data: FakeEngine(cuda) if data == b"good" else None  # noqa: E731
-        self.loggers: list[Any] = []
-        self.Runtime = lambda logger: self.loggers.append(logger) or SimpleNamespace(deserialize_cuda_engine=load)
+from tests.fake_trt import FakeCuda, FakeEngine, FakeTrt, fake_runner
 
 
 @pytest.fixture
 def cuda() -> FakeCuda:
     return FakeCuda()
-
-
-def _runner(tmp_path: Path, cuda: FakeCuda, name: str = "m.engine", **options: Any) -> TrtRunner:
-    path = tmp_path / name
-    path.write_bytes(b"good")
-    return TrtRunner(path, cuda=cuda, trt=FakeTrt(cuda), **options)
 
 
 def test_engine_io_reads_shapes_dtypes_and_byte_sizes(cuda: FakeCuda) -> None:
@@ -195,7 +59,7 @@ def test_engine_io_refuses_dynamic_shapes_and_unknown_types(cuda: FakeCuda) -> N
 
 
 def test_infer_computes_and_allocates_buffers_once(tmp_path: Path, cuda: FakeCuda) -> None:
-    runner = _runner(tmp_path, cuda)
+    runner = fake_runner(tmp_path, cuda)
     assert [(s.name, s.shape) for s in runner.inputs] == [("x", (1, 3))]
     assert [(s.name, s.shape) for s in runner.outputs] == [("y", (1, 3))]
     for step in range(3):
@@ -208,7 +72,7 @@ def test_infer_computes_and_allocates_buffers_once(tmp_path: Path, cuda: FakeCud
 
 
 def test_device_outputs_feed_the_next_runner_without_a_host_round_trip(tmp_path: Path, cuda: FakeCuda) -> None:
-    warp, decode = _runner(tmp_path, cuda, "warp.engine"), _runner(tmp_path, cuda, "decode.engine")
+    warp, decode = fake_runner(tmp_path, cuda, "warp.engine"), fake_runner(tmp_path, cuda, "decode.engine")
     cuda.calls.clear()
     warped = warp.enqueue({"x": np.array([[0.0, 1.0, -1.0]], np.float32)})["y"]
     assert isinstance(warped, DeviceArray) and warped.shape == (1, 3)
@@ -219,7 +83,7 @@ def test_device_outputs_feed_the_next_runner_without_a_host_round_trip(tmp_path:
 
 
 def test_bad_feeds_are_refused_with_the_tensor_named(tmp_path: Path, cuda: FakeCuda) -> None:
-    runner = _runner(tmp_path, cuda)
+    runner = fake_runner(tmp_path, cuda)
     with pytest.raises(ValueError, match=r"^m.engine: input 'x' has shape \(1, 4\), the model takes \(1, 3\)$"):
         runner.infer({"x": np.zeros((1, 4), np.float32)})
     wrong = DeviceArray(runner.enqueue({"x": np.zeros((1, 3))})["y"].ptr, (1, 3), np.dtype(np.float16))
@@ -228,8 +92,8 @@ def test_bad_feeds_are_refused_with_the_tensor_named(tmp_path: Path, cuda: FakeC
 
 
 def test_cuda_graph_replays_and_is_dropped_when_an_address_changes(tmp_path: Path, cuda: FakeCuda) -> None:
-    runner = _runner(tmp_path, cuda, cuda_graph=True)
-    first = _runner(tmp_path, cuda, "first.engine")
+    runner = fake_runner(tmp_path, cuda, cuda_graph=True)
+    first = fake_runner(tmp_path, cuda, "first.engine")
     context = runner.context
     for value in (1.0, 2.0, 3.0):
         np.testing.assert_array_equal(runner.infer({"x": np.full((1, 3), value)})["y"], np.full((1, 3), 2 * value + 1))
@@ -258,7 +122,7 @@ def test_a_missing_engine_file_says_how_to_build_it(tmp_path: Path, cuda: FakeCu
 
 def test_open_trt_runner_rebuilds_an_engine_that_fails_to_deserialise(rtx, tmp_path: Path, cuda: FakeCuda) -> None:
     from engines import trt_build
-    from tests.test_trt_build import save, warp_like
+    from tests.onnx_models import save, warp_like
 
     onnx_path = save(warp_like(), tmp_path / "spade_generator.onnx")
     cache, log, gpu = tmp_path / "engines", [], GpuInfo("Test GPU", (8, 6))
@@ -307,7 +171,7 @@ def test_a_failed_graph_capture_is_ended_and_the_runner_goes_on_without_a_graph(
     tmp_path: Path, when: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     cuda = FailingCapture(when)
-    runner = _runner(tmp_path, cuda, cuda_graph=True)
+    runner = fake_runner(tmp_path, cuda, cuda_graph=True)
     if when == "enqueue":  # the real run works, the captured one is refused
         real = runner.context.execute_async_v3
         runner.context.execute_async_v3 = lambda handle: cuda.capturing is None and real(handle)
@@ -322,7 +186,7 @@ def test_a_failed_graph_capture_is_ended_and_the_runner_goes_on_without_a_graph(
 
 
 def test_close_waits_frees_everything_and_a_closed_runner_refuses(tmp_path: Path, cuda: FakeCuda) -> None:
-    runner = _runner(tmp_path, cuda)
+    runner = fake_runner(tmp_path, cuda)
     runner.enqueue({"x": np.ones((1, 3))}, stream=9)  # queued on a caller's stream: close waits for it too
     cuda.calls.clear()
     runner.close()
@@ -336,7 +200,7 @@ def test_close_waits_frees_everything_and_a_closed_runner_refuses(tmp_path: Path
 
 
 def test_close_frees_the_other_buffers_when_one_free_fails(tmp_path: Path, cuda: FakeCuda, caplog) -> None:
-    runner = _runner(tmp_path, cuda)
+    runner = fake_runner(tmp_path, cuda)
     first_device = next(iter(cuda.memory))
     free = cuda.free
 
@@ -366,7 +230,7 @@ def test_out_of_gpu_memory_names_the_model_and_frees_what_was_allocated(
 
     cuda.malloc = nth_fails
     with pytest.raises(ModelLoadError) as caught:
-        _runner(tmp_path, cuda, "warping_module.engine").infer({"x": np.ones((1, 3))})
+        fake_runner(tmp_path, cuda, "warping_module.engine").infer({"x": np.ones((1, 3))})
     assert str(caught.value) == (
         "not enough GPU memory for warping_module.engine; close other GPU apps or choose the cuda/cpu backend"
     )
@@ -377,7 +241,7 @@ def test_out_of_gpu_memory_names_the_model_and_frees_what_was_allocated(
 def test_only_host_fed_inputs_and_fetched_outputs_get_host_buffers(tmp_path: Path, cuda: FakeCuda) -> None:
     """An input always fed from another engine on the device (warp -> decode) gets neither a device buffer of its
     own nor pinned host staging; allocation happens on first use, once."""
-    warp, decode = _runner(tmp_path, cuda, "warp.engine"), _runner(tmp_path, cuda, "decode.engine")
+    warp, decode = fake_runner(tmp_path, cuda, "warp.engine"), fake_runner(tmp_path, cuda, "decode.engine")
     assert cuda.calls.count("malloc") == 2 and cuda.calls.count("malloc_host") == 0  # each engine's output only
     for step in range(3):
         warped = warp.enqueue({"x": np.full((1, 3), float(step))})["y"]
@@ -412,7 +276,7 @@ class NoStreamCuda(FakeCuda):
 def test_a_stream_that_cannot_be_created_is_a_one_line_model_load_error(tmp_path: Path, code: str, message: str) -> None:
     cuda = NoStreamCuda(code)
     with pytest.raises(ModelLoadError) as caught:
-        _runner(tmp_path, cuda)
+        fake_runner(tmp_path, cuda)
     assert str(caught.value) == message and not isinstance(caught.value, CudaError)
     assert cuda.memory == {} and not any(call.startswith("destroy stream") for call in cuda.calls)
 
@@ -468,7 +332,7 @@ def test_tensorrt_engine_matches_onnxruntime(real_gpu, tmp_path: Path, precision
     import onnxruntime as ort
 
     from engines.trt_build import open_trt_runner
-    from tests.test_trt_build import save, warp_feeds, warp_like
+    from tests.onnx_models import save, warp_feeds, warp_like
 
     path = save(warp_like(), tmp_path / "warping_module.onnx")
     feeds = warp_feeds()
@@ -538,7 +402,7 @@ def test_networks_close_the_generator_before_the_warping_module_whose_stream_it_
 
     cuda = StreamCuda()
     nets = Networks.__new__(Networks)  # the real close() over runners opened on the fake CUDA
-    nets.runners = {name: _runner(tmp_path, cuda, f"{name}.engine") for name in NETWORK_ONNX}
+    nets.runners = {name: fake_runner(tmp_path, cuda, f"{name}.engine") for name in NETWORK_ONNX}
     warp, generator = nets.runners["warping_module"], nets.runners["spade_generator"]
     stream = warp.stream
     generator.enqueue({"x": np.zeros((1, 3), np.float32)}, stream)  # as the GPU renderer chains decode
