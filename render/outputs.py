@@ -153,8 +153,6 @@ class VideoFile:
             self.exe, "-hide_banner", "-loglevel", "error", "-y",  # -y: only ever our own empty temporary file
             "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", f"{self.fps:g}", "-i", "-",
         ]
-        if self.audio_from is not None:  # silence pads a shorter sound track, so -shortest only ever cuts sound
-            command += ["-ss", f"{self.audio_start:.3f}", "-i", str(self.audio_from), "-map", "0:v", "-map", "1:a", "-af", "apad", "-c:a", "aac", "-shortest"]
         command += ["-vf", EVEN_PAD, *X264_ARGS, "-movflags", "+faststart", str(self.partial)]
         try:
             return subprocess.Popen(
@@ -216,8 +214,35 @@ class VideoFile:
             if partial is not None:
                 partial.unlink(missing_ok=True)
             raise RecordError(self._failed(reason))
+        if partial is not None and self.audio_from is not None and self.frames:
+            partial = self._with_sound(partial)
         if partial is not None:
             self._publish(partial)
+
+    def _with_sound(self, video: Path) -> Path:
+        """The finished video with `audio_from`'s sound from `audio_start` on, padded with silence or cut to exactly
+        the video's length (frames / fps), in a new temporary file; the silent one is removed. A second pass over
+        finished files, because -shortest on the frame pipe let the sound run up to a second past a video whose
+        frames came slowly."""
+        muxed = partial_file(self.target)
+        command = [
+            self.exe, "-hide_banner", "-loglevel", "error", "-y", "-i", str(video),
+            "-ss", f"{self.audio_start:.3f}", "-i", str(self.audio_from), "-map", "0:v", "-map", "1:a",
+            "-c:v", "copy", "-af", "apad", "-c:a", "aac", "-t", f"{self.frames / self.fps:.6f}",
+            "-movflags", "+faststart", str(muxed),
+        ]
+        try:
+            result = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, creationflags=_NO_WINDOW)
+        except BaseException:
+            muxed.unlink(missing_ok=True)
+            raise
+        finally:
+            video.unlink(missing_ok=True)
+        if result.returncode != 0:
+            muxed.unlink(missing_ok=True)
+            lines = result.stderr.decode(errors="replace").strip().splitlines()
+            raise RecordError(self._failed(lines[-1] if lines else f"ffmpeg exit {result.returncode}"))
+        return muxed
 
     def _publish(self, partial: Path) -> None:
         """Rename the finished video into place; if that fails, it stays under its temporary name, and is said."""
