@@ -12,7 +12,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from engines.select import BACKENDS, choose_backend
+from engines.select import BACKENDS, choose_backend, fastest_cpu_backend
 from engines.layout import DOWNLOAD_COMMAND, WEIGHT_FILES, ModelsMissingError, missing_models
 from render import offline as render
 from core.images import ImageInputError
@@ -92,8 +92,9 @@ class LivePortraitPipe:
     def animator(self, onnx_device: str) -> Animator:
         """The cached Animator for this folder and backend, opened on first use."""
         name = self.backend
-        if name == FOLLOW_DEVICE:
-            name = choose_backend(onnx_device.lower(), self.models_dir).name  # CPU/CUDA -> cpu/cuda
+        if name == FOLLOW_DEVICE:  # CPU: the fastest CPU backend, as the app's auto would pick without a GPU
+            device = onnx_device.lower()
+            name = fastest_cpu_backend(self.models_dir) if device == "cpu" else choose_backend(device, self.models_dir).name
         key = (self.models_dir.resolve(), name)
         if key not in _ANIMATORS:
             log.info("LivePortrait RT: opening %s with the %s backend", self.models_dir, name)

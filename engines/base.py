@@ -37,6 +37,8 @@ class Runner(ABC):
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        #: the file actually read: a CPU backend reads the network's CPU graph (engines.layout) in place of `path`
+        self.source = self.path
 
     @abstractmethod
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -46,6 +46,27 @@ NETWORK_ONNX = {
 FACE_ONNX = {name: Path(rel).name for name, rel in FACE_MODELS.items()}
 MODEL_FILES = {**NETWORK_ONNX, **FACE_ONNX}
 
+#: the CPU graphs of the two heavy networks, written beside the native files by `python -m export onnx`: the same
+#: networks with Winograd 3x3 convolutions (export/winograd.py; about 2.8x fewer multiplications) and, for W,
+#: gathers in place of the 5-D grid samples that OpenVINO cannot read. The CPU backends read them in place of the
+#: native file; the GPU backends never do.
+CPU_ONNX = {
+    NETWORK_ONNX["warping_module"]: "warping_module_cpu.onnx",
+    NETWORK_ONNX["spade_generator"]: "spade_generator_cpu.onnx",
+}
+
+
+def cpu_graph(path: Path) -> Path | None:
+    """Where the CPU graph of a models-folder file would be (None for a network that has none)."""
+    name = CPU_ONNX.get(Path(path).name)
+    return Path(path).with_name(name) if name else None
+
+
+def cpu_model_file(path: Path) -> Path:
+    """The file a CPU backend reads: the CPU graph when the folder has it (an older export may not), else `path`."""
+    graph = cpu_graph(path)
+    return graph if graph is not None and graph.is_file() else Path(path)
+
 
 def missing_models(models_dir: Path) -> list[str]:
     """File names of the models folder that are not there (empty when the folder is complete)."""

@@ -1,10 +1,10 @@
 """OpenVINO backend (CPU): the fastest CPU runner here, f32 or (on CPUs with native bf16) bf16.
 
-OpenVINO cannot read the warping module's 5-D GridSample ("only supported for 4D input tensors"), so the export
-writes a second graph of W, GATHER_WARP_ONNX, whose grid samples are gathers; this runner reads it in place of
-warping_module.onnx. Compiled models are cached under the models folder's engine cache, so a second start skips
-compilation. Denormals are flushed: the warping module's keypoint heatmaps underflow into denormal floats, which
-slow every convolution that reads them.
+It reads the CPU graphs of the models folder (engines.layout.CPU_ONNX: Winograd convolutions, and for the warping
+module gathers in place of the 5-D GridSample that OpenVINO cannot read, "only supported for 4D input tensors"),
+so W's CPU graph is required. Compiled models are cached under the models folder's engine cache, so a second
+start skips compilation. Denormals are flushed: the warping module's keypoint heatmaps underflow into denormal
+floats, which slow every convolution that reads them on some CPUs.
 """
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ from typing import Any, Mapping
 import numpy as np
 
 from engines.base import ModelLoadError, Runner, TensorSpec
+from engines.layout import CPU_ONNX, NETWORK_ONNX, cpu_model_file
 
-#: the warping module with gathers in place of its 5-D grid samples (`python -m export onnx` writes it)
-GATHER_WARP_ONNX = "warping_module_gather.onnx"
+#: the one CPU graph OpenVINO cannot do without: W's native graph has 5-D grid samples
+REQUIRED_CPU_GRAPH = CPU_ONNX[NETWORK_ONNX["warping_module"]]
 #: OpenVINO inference precisions this runner offers; bf16 only where the CPU computes it natively
 PRECISIONS = ("f32", "bf16")
 
@@ -38,9 +39,9 @@ def cpu_capabilities() -> frozenset[str]:
 
 
 def model_file(path: Path) -> Path:
-    """The file OpenVINO reads for a models-folder file: the gather graph for the warping module, else itself."""
+    """The file OpenVINO reads for a models-folder file: its CPU graph (always W's, even when missing), else itself."""
     path = Path(path)
-    return path.with_name(GATHER_WARP_ONNX) if path.name == "warping_module.onnx" else path
+    return path.with_name(REQUIRED_CPU_GRAPH) if path.name == NETWORK_ONNX["warping_module"] else cpu_model_file(path)
 
 
 def default_cache_dir(models_dir: Path) -> Path:
@@ -57,7 +58,7 @@ class OpenVinoRunner(Runner):
         super().__init__(path)
         if precision not in PRECISIONS:
             raise ValueError(f"OpenVINO precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-        source = model_file(self.path)
+        self.source = source = model_file(self.path)
         if not source.is_file():
             raise ModelLoadError(
                 f"model file {source} is missing; run `python -m export onnx` (with --force) to create it"

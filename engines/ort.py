@@ -7,6 +7,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from engines.base import ModelLoadError, Runner, TensorSpec
+from engines.layout import cpu_model_file
 from engines.ort_cuda import cuda_problem, preload_cuda_libraries
 
 _ORT_DTYPES = {
@@ -56,7 +57,8 @@ class OrtRunner(Runner):
 
     `device` is "cpu" or "cuda" ("auto" is resolved by engines.open_runner). ONNX Runtime silently falls back to
     CPU when CUDA cannot start, so the providers the session actually got are checked: a CUDA session that fell
-    back is refused with the reason (engines.ort_cuda), never run on the CPU.
+    back is refused with the reason (engines.ort_cuda), never run on the CPU. On the CPU it reads the network's
+    CPU graph (engines.layout.CPU_ONNX: Winograd convolutions) when the models folder has one.
     """
 
     def __init__(self, path: Path, device: str = "cpu") -> None:
@@ -76,11 +78,12 @@ class OrtRunner(Runner):
         if want_cuda:  # CUDA and cuDNN from NVIDIA's pip packages, before the provider looks for them
             preload_cuda_libraries()
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if want_cuda else ["CPUExecutionProvider"]
+        self.source = source = self.path if want_cuda else cpu_model_file(self.path)
         try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=session_options(), providers=providers)
+            self.session = ort.InferenceSession(str(source), sess_options=session_options(), providers=providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors for corrupt files
             raise ModelLoadError(
-                f"{self.path} could not be loaded ({str(exc).splitlines()[0][:200]}); "
+                f"{source} could not be loaded ({str(exc).splitlines()[0][:200]}); "
                 "the file is corrupt or from another version: delete it and run `python -m export onnx` again"
             ) from exc
         got = self.session.get_providers()

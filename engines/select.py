@@ -122,17 +122,22 @@ def _tensorrt_problem(models_dir: Path, precision: str) -> tuple[str | None, str
 
 def openvino_problem(models_dir: Path, precision: str) -> str | None:
     """None when OpenVINO can run the models folder on this CPU in `precision`, else why not (the problem only)."""
-    from engines.openvino import GATHER_WARP_ONNX, cpu_capabilities, import_openvino
+    from engines.openvino import REQUIRED_CPU_GRAPH, cpu_capabilities, import_openvino
 
     try:
         import_openvino()
     except ModelLoadError:
         return "OpenVINO is not installed (pip install openvino)"
-    if not (Path(models_dir) / GATHER_WARP_ONNX).is_file():
-        return f"{models_dir} lacks {GATHER_WARP_ONNX} (export again with `python -m export onnx --force`)"
+    if not (Path(models_dir) / REQUIRED_CPU_GRAPH).is_file():
+        return f"{models_dir} lacks {REQUIRED_CPU_GRAPH} (export again with `python -m export onnx --force`)"
     if precision == "bf16" and "BF16" not in cpu_capabilities():
         return "this CPU has no native bf16 (AVX512-BF16 or AMX)"
     return None
+
+
+def fastest_cpu_backend(models_dir: Path) -> str:
+    """The CPU backend `auto` ends with: "openvino" (f32) when it can run the folder here, else "cpu"."""
+    return "openvino" if openvino_problem(Path(models_dir), "f32") is None else "cpu"
 
 
 def choose_backend(requested: str, models_dir: Path, precision: str = "fp16") -> BackendChoice:

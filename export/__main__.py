@@ -29,9 +29,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="models folder the app runs from")
     p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
     p.add_argument("--force", action="store_true", help="replace ONNX files that already exist")
-    p.add_argument("--gather-warp", action=argparse.BooleanOptionalAction, default=True,
-                   help="also write warping_module_gather.onnx, the warping module with its 5-D grid samples as "
-                   "gathers, which the OpenVINO CPU backend needs (default: on)")
+    p.add_argument("--cpu-graphs", action=argparse.BooleanOptionalAction, default=True,
+                   help="also write warping_module_cpu.onnx and spade_generator_cpu.onnx, the two heavy networks "
+                   "with Winograd convolutions (and W with gathers for its 5-D grid samples), which the CPU "
+                   "backends read: OpenVINO needs them, ONNX Runtime runs faster with them (default: on)")
 
     p = sub.add_parser("trt", help="build TensorRT engines from the ONNX models (needs an NVIDIA GPU)")
     p.add_argument("--onnx", type=Path, required=True, help="models folder written by the onnx command")
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> None:
         from export.onnx_export import export_models
 
         export_models(args.weights, args.out, verify=not args.no_verify, overwrite=args.force,
-                      gather_warp=args.gather_warp)
+                      cpu_graphs=args.cpu_graphs)
         print(f"models ready in {args.out}")
     elif args.command == "trt":
         from engines.trt_build import build_engines

@@ -4,9 +4,9 @@ Opset 20 is the first with 5-D GridSample, which W needs (tests/test_gridsample.
 Verification runs each file in ONNX Runtime CPU on random inputs drawn with another seed than the tracing
 inputs, so a graph that baked the tracing inputs in as constants fails it; it compares on those inputs only.
 The face models get static input shapes (TensorRT builds static engines) and are checked against the originals.
-OpenVINO cannot read W's 5-D GridSample, so W is also written as GATHER_WARP_ONNX with its grid samples as
-gathers (same numbers; checked against the native PyTorch module like every file). The native graph stays
-warping_module.onnx for ONNX Runtime and TensorRT.
+W and G are also written as CPU graphs (engines.layout.CPU_ONNX) for the CPU backends: Winograd convolutions
+(export.winograd) and, for W, gathers in place of the 5-D GridSample OpenVINO cannot read; each is checked
+against the native PyTorch module like every file. The native graphs stay for the GPU backends.
 Everything is written into a staging folder inside the models folder and moved in only once all of it is
 verified, so a failed or interrupted export never leaves wrong files where the app loads them.
 """
@@ -29,9 +29,9 @@ from torch import nn
 
 from export.checkpoints import GET_WEIGHTS, CheckpointError, folder_arch, load_all
 from export.config import ArchConfig
-from engines.layout import FACE_INPUT_SHAPES, FACE_MODELS, FACE_ONNX, MODEL_FILES, NETWORK_ONNX
-from engines.openvino import GATHER_WARP_ONNX
+from engines.layout import CPU_ONNX, FACE_INPUT_SHAPES, FACE_MODELS, FACE_ONNX, MODEL_FILES, NETWORK_ONNX
 from export.networks import NETWORK_IO, example_inputs, fold_spectral_norm
+from export.winograd import winograd_convs
 
 OPSET = 20
 #: max abs error / max abs reference above which an exported file is rejected
@@ -93,23 +93,32 @@ def export_network(module: nn.Module, name: str, inputs: tuple[torch.Tensor, ...
         ) from exc
 
 
-def verify_network(module: nn.Module, name: str, path: Path, inputs: tuple[torch.Tensor, ...]) -> list[VerifyRow]:
-    """Run ONNX Runtime CPU and the PyTorch module on the same inputs; one row per output. The reference is the
-    module in float64: PyTorch's own float32 kernels differ from it by as much as ONNX Runtime's do (1.2e-4 of the
-    official-size SPADE generator's output on an AVX2 EPYC, against 3e-5 for ONNX Runtime), which would fail a
-    correct export on some CPUs."""
+def reference_outputs(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[np.ndarray, ...]:
+    """What the exported files are checked against: the module in float64. PyTorch's own float32 kernels differ
+    from it by as much as ONNX Runtime's do (1.2e-4 of the official-size SPADE generator's output on an AVX2 EPYC,
+    against 3e-5 for ONNX Runtime), which would fail a correct export on some CPUs. Modules with 3-D convolutions
+    stay float32: PyTorch's float64 Conv3d unfolds its whole input (25.5 GB for W's 7x7x7 mask convolution)."""
+    dtype = torch.float32 if any(isinstance(m, nn.Conv3d) for m in module.modules()) else torch.float64
+    with torch.no_grad():
+        out = copy.deepcopy(module).to(dtype)(*(t.to(dtype) if t.is_floating_point() else t for t in inputs))
+    return tuple(t.numpy() for t in ((out,) if isinstance(out, torch.Tensor) else out))
+
+
+def verify_network(
+    module: nn.Module, name: str, path: Path, inputs: tuple[torch.Tensor, ...],
+    reference: tuple[np.ndarray, ...] | None = None,
+) -> list[VerifyRow]:
+    """Run ONNX Runtime CPU on `inputs` and compare with the module's `reference` outputs on them (computed when
+    not given); one row per output."""
     import onnxruntime as ort
 
     input_names, output_names = NETWORK_IO[name]
-    with torch.no_grad():
-        reference = copy.deepcopy(module).double()(*(t.double() if t.is_floating_point() else t for t in inputs))
-    if isinstance(reference, torch.Tensor):
-        reference = (reference,)
+    if reference is None:
+        reference = reference_outputs(module, inputs)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(list(output_names), {n: t.numpy() for n, t in zip(input_names, inputs)})
     rows = []
     for output, want, have in zip(output_names, reference, got):
-        want = want.numpy()
         if want.shape != have.shape:
             raise VerificationError(f"{name}/{output}: ONNX shape {have.shape} differs from PyTorch {want.shape}")
         max_abs_err = float(np.abs(have - want).max())
@@ -214,20 +223,54 @@ def verify_face_model(original: Path, static: Path, name: str) -> None:
             )
 
 
-def export_gather_warp(module: nn.Module, cfg: ArchConfig, path: Path, verify: bool) -> list[VerifyRow]:
-    """Write W with gathers for its grid samples (a copy of `module`) to `path`; if asked, verify it against the
-    native module: the PyTorch reference stays the official grid_sample."""
-    name = "warping_module"
-    export_network(copy.deepcopy(module).use_gather_sampling(), name, example_inputs(name, cfg, seed=TRACE_SEED), path)
-    if not verify:
-        return []
-    rows = verify_network(module, name, path, example_inputs(name, cfg, seed=VERIFY_SEED))
-    return [dataclasses.replace(row, network=f"{name} (gather)") for row in rows]
+#: a Winograd tile per Conv node name (None: the convolution stays direct)
+TileChoice = Callable[[str], int | None]
+#: the Winograd plans of each CPU graph, fastest first; the export keeps the first that passes verification.
+#: F(4, 3) rounds about ten times more than a direct convolution. In G the main path's convolutions feed six
+#: residual blocks, where that adds up to 1.4e-4 of the image (fake official weights, against 1e-4 allowed): so G's
+#: first plan keeps them at F(2, 3) and uses F(4, 3) on the SPADE modulation convolutions only (6e-5); then
+#: F(2, 3) everywhere (4e-5); then none. W passes with F(4, 3) everywhere (5e-6).
+CPU_GRAPH_PLANS: dict[str, list[tuple[str, TileChoice]]] = {
+    "warping_module": [("F(4,3)", lambda node: 4), ("F(2,3)", lambda node: 2), ("direct", lambda node: None)],
+    "spade_generator": [
+        ("F(4,3) in the SPADE modulations, F(2,3) elsewhere", lambda node: 4 if "/mlp_" in node else 2),
+        ("F(2,3)", lambda node: 2),
+        ("direct", lambda node: None),
+    ],
+}
+
+
+def export_cpu_graph(
+    module: nn.Module, name: str, cfg: ArchConfig, native: Path, path: Path,
+    reference: tuple[np.ndarray, ...] | None, log: Callable[[str], None],
+) -> list[VerifyRow]:
+    """Write the CPU graph of `name` (engines.layout.CPU_ONNX) to `path`: the native file `native` (for W traced
+    again from a copy of `module` with gathers for its grid samples) with its large 3x3 convolutions as Winograd
+    products (export.winograd), by the first of CPU_GRAPH_PLANS that passes verification against the module's
+    `reference` outputs on the verification inputs (the first plan unverified when `reference` is None)."""
+    if name == "warping_module":
+        export_network(copy.deepcopy(module).use_gather_sampling(), name, example_inputs(name, cfg, seed=TRACE_SEED), path)
+        native = path
+    graph = onnx.load(str(native))
+    for label, tile_for in CPU_GRAPH_PLANS[name]:
+        model, counts = winograd_convs(graph, tile_for)
+        onnx.checker.check_model(model)
+        onnx.save(model, str(path))
+        if reference is None:
+            return []
+        rows = verify_network(module, name, path, example_inputs(name, cfg, seed=VERIFY_SEED), reference)
+        rows = [dataclasses.replace(row, network=f"{name} (CPU graph)") for row in rows]
+        worst = max(row.rel_err for row in rows)
+        if worst <= REL_TOLERANCE:
+            log(f"{name} for the CPU: {sum(counts.values())} convolutions as Winograd {label} (rel err {worst:.1e})")
+            return rows
+        log(f"{name} for the CPU: Winograd {label} is {worst:.1e} from PyTorch, above {REL_TOLERANCE:g}; trying the next")
+    return rows  # the direct plan's rows: check_rows reports them
 
 
 def _write_models(
     modules: dict[str, nn.Module], faces: dict[str, Path], staging: Path, out_dir: Path, cfg: ArchConfig,
-    verify: bool, gather_warp: bool, log: Callable[[str], None],
+    verify: bool, cpu_graphs: bool, log: Callable[[str], None],
 ) -> list[VerifyRow]:
     """Export, rewrite and (if asked) verify every file into `staging`; the verification rows."""
     rows: list[VerifyRow] = []
@@ -235,11 +278,15 @@ def _write_models(
         path = staging / NETWORK_ONNX[name]
         export_network(module, name, example_inputs(name, cfg, seed=TRACE_SEED), path)
         log(f"exported {name} -> {out_dir / NETWORK_ONNX[name]} ({path.stat().st_size / 1e6:.1f} MB)")
+        inputs = example_inputs(name, cfg, seed=VERIFY_SEED)
+        reference = reference_outputs(module, inputs) if verify else None
         if verify:
-            rows += verify_network(module, name, path, example_inputs(name, cfg, seed=VERIFY_SEED))
-        if name == "warping_module" and gather_warp:
-            rows += export_gather_warp(module, cfg, staging / GATHER_WARP_ONNX, verify)
-            log(f"exported {name} with gathers for OpenVINO -> {out_dir / GATHER_WARP_ONNX}")
+            rows += verify_network(module, name, path, inputs, reference)
+        cpu_name = CPU_ONNX.get(NETWORK_ONNX[name])
+        if cpu_graphs and cpu_name:
+            rows += export_cpu_graph(module, name, cfg, path, staging / cpu_name, reference, log)
+            size = (staging / cpu_name).stat().st_size / 1e6
+            log(f"exported {name} for the CPU backends -> {out_dir / cpu_name} ({size:.1f} MB)")
     for name, source in faces.items():
         path = staging / FACE_ONNX[name]
         onnx.save(static_face_model(source, FACE_INPUT_SHAPES[name]), str(path))
@@ -258,20 +305,20 @@ def export_models(
     verify: bool = True,
     overwrite: bool = False,
     log: Callable[[str], None] = print,
-    gather_warp: bool = True,
+    cpu_graphs: bool = True,
 ) -> list[VerifyRow]:
-    """Write the models folder: one ONNX per network plus the face models, and with `gather_warp` the warping
-    module for OpenVINO (GATHER_WARP_ONNX); return the verification rows."""
+    """Write the models folder: one ONNX per network plus the face models, and with `cpu_graphs` the CPU graphs of
+    W and G (engines.layout.CPU_ONNX); return the verification rows."""
     weights_dir, out_dir = Path(weights_dir), Path(out_dir)
     cfg = folder_arch(weights_dir)
     faces = _face_model_sources(weights_dir)
-    file_names = [*MODEL_FILES.values(), *([GATHER_WARP_ONNX] if gather_warp else [])]
+    file_names = [*MODEL_FILES.values(), *(CPU_ONNX.values() if cpu_graphs else [])]
     _prepare_out_dir(out_dir, overwrite, file_names)
     # load everything before writing: a missing or mismatched checkpoint must not leave a half-written folder
     modules = {name: prepare_for_export(module, name) for name, module in load_all(weights_dir).items()}
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))  # same file system: os.replace is atomic
     try:
-        rows = _write_models(modules, faces, staging, out_dir, cfg, verify, gather_warp, log)
+        rows = _write_models(modules, faces, staging, out_dir, cfg, verify, cpu_graphs, log)
         for file_name in file_names:
             os.replace(staging / file_name, out_dir / file_name)
     finally:

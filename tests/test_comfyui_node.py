@@ -1,5 +1,5 @@
 """The ComfyUI nodes without ComfyUI installed: the node interface field by field, loader errors, tensor
-conversion, a 2 sources x 3 driving frames run on the reduced fake models checked against process(), and the
+conversion, a 2 sources x 2 driving frames run on the reduced fake models checked against process(), and the
 package imported the way ComfyUI loads a custom-node folder."""
 from __future__ import annotations
 
@@ -218,11 +218,11 @@ class Interrupted(Exception):
 
 @pytest.fixture(scope="module")
 def batch_run(reduced_models: Path, load_portrait, first_frames) -> dict:
-    """The node on 2 sources x 3 driving frames, as ComfyUI calls it (non-default widgets, ComfyUI's progress bar
+    """The node on 2 sources x 2 driving frames, as ComfyUI calls it (non-default widgets, ComfyUI's progress bar
     present), plus process() itself on the second source with the same options."""
     first, other = load_portrait("s0.jpg"), load_portrait("s5.jpg")
     second = cv2.resize(other, first.shape[1::-1], interpolation=cv2.INTER_AREA)
-    driving = np.stack(first_frames[:3])
+    driving = np.stack(first_frames[:2])
     sources = np.stack([first, second])
     required = LivePortraitProcess.INPUT_TYPES()["required"]
     assert set(WIDGETS) == {name for name, spec in required.items() if len(spec) > 1}
@@ -237,25 +237,25 @@ def batch_run(reduced_models: Path, load_portrait, first_frames) -> dict:
             "updates": updates}
 
 
-def test_two_sources_times_three_frames_give_six_frames_in_range(batch_run: dict) -> None:
+def test_two_sources_times_two_frames_give_four_frames_in_range(batch_run: dict) -> None:
     crops, fulls = batch_run["crops"], batch_run["fulls"]
     h, w = batch_run["sources"].shape[1:3]
-    assert tuple(crops.shape) == (6, 512, 512, 3) and tuple(fulls.shape) == (6, h, w, 3)
+    assert tuple(crops.shape) == (4, 512, 512, 3) and tuple(fulls.shape) == (4, h, w, 3)
     for images in (crops, fulls):
         assert images.dtype == torch.float32 and float(images.min()) >= 0.0 and float(images.max()) <= 1.0
         assert float(images.std()) > 0.05  # real pictures, not a blank batch
-    assert batch_run["updates"] == [(i, 6) for i in range(1, 7)]  # ComfyUI's progress bar moved with every frame
+    assert batch_run["updates"] == [(i, 4) for i in range(1, 5)]  # ComfyUI's progress bar moved with every frame
 
 
 def test_node_frames_are_exactly_what_process_gives(batch_run: dict) -> None:
     ref_crops, ref_fulls = batch_run["reference"]
-    assert ref_crops.shape == (3, 512, 512, 3)
+    assert ref_crops.shape == (2, 512, 512, 3)
     crops, fulls = (image_batch_to_uint8(batch_run[key], key) for key in ("crops", "fulls"))
-    np.testing.assert_array_equal(crops[3:], ref_crops)  # the widgets' options, not the defaults
-    np.testing.assert_array_equal(fulls[3:], ref_fulls)
+    np.testing.assert_array_equal(crops[2:], ref_crops)  # the widgets' options, not the defaults
+    np.testing.assert_array_equal(fulls[2:], ref_fulls)
     # sources one after another: the two portraits' frames differ, each source's first frame is its own
-    assert not np.array_equal(crops[0], crops[3])
-    first, second = (np.abs(fulls[3].astype(int) - source).mean() for source in batch_run["sources"])
+    assert not np.array_equal(crops[0], crops[2])
+    first, second = (np.abs(fulls[2].astype(int) - source).mean() for source in batch_run["sources"])
     assert second < first
 
 
@@ -266,8 +266,11 @@ def test_a_portrait_without_a_face_is_a_clear_error(batch_run: dict) -> None:
 
 
 def test_animators_are_cached_per_folder_and_backend(batch_run: dict, reduced_models: Path) -> None:
-    (again,) = LivePortraitRTLoader().load(str(reduced_models), "cpu")
+    """onnx_device CPU runs the fastest CPU backend (OpenVINO on the CPU graphs), not plain ONNX Runtime."""
+    (again,) = LivePortraitRTLoader().load(str(reduced_models), "openvino")
     assert again.animator("CUDA") is batch_run["pipe"].animator("CPU")  # a fixed backend ignores onnx_device
+    (plain,) = LivePortraitRTLoader().load(str(reduced_models), "cpu")
+    assert plain.animator("CPU") is not again.animator("CPU")
 
 
 def test_foreign_package_of_the_same_name_is_reported(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

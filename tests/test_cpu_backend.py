@@ -1,5 +1,6 @@
-"""The fast CPU path: denormal flushing in ONNX Runtime, the gather form of the warping module's grid samples, and
-the OpenVINO backend (choice, precision, cache, interrupt), on the reduced models and tiny inputs."""
+"""The fast CPU path: denormal flushing in ONNX Runtime, the gather form of the warping module's grid samples, the
+CPU graphs both CPU backends read, and the OpenVINO backend (choice, precision, cache, interrupt), on the reduced
+models and tiny inputs."""
 from __future__ import annotations
 
 import re
@@ -13,8 +14,8 @@ import torch
 import engines
 from engines import select
 from engines.base import ModelLoadError
-from engines.layout import NETWORK_ONNX
-from engines.openvino import GATHER_WARP_ONNX, OpenVinoRunner
+from engines.layout import CPU_ONNX, NETWORK_ONNX
+from engines.openvino import REQUIRED_CPU_GRAPH, OpenVinoRunner
 from engines.ort import OrtRunner, session_options
 from engines.select import BackendChoice, BackendUnavailable, choose_backend
 from export.config import REDUCED
@@ -74,13 +75,33 @@ def test_onnxruntime_flushes_denormals_with_an_unchanged_output(reduced_models: 
     assert rel_err(want, got) <= 1e-6 and float(np.abs(want).max()) > 1e-3
 
 
-def test_openvino_runs_the_gather_warping_module_like_onnxruntime(reduced_models: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("network", ["warping_module", "spade_generator"])
+def test_onnxruntime_on_the_cpu_reads_the_cpu_graph_when_the_folder_has_it(
+    reduced_models: Path, tmp_path: Path, network: str
+) -> None:
+    """The CPU graph (Winograd convolutions; W with gathers) computes what the native file computes; a folder from
+    an older export, without it, still runs the native file."""
+    native, cpu = reduced_models / NETWORK_ONNX[network], reduced_models / CPU_ONNX[NETWORK_ONNX[network]]
+    older = tmp_path / NETWORK_ONNX[network]
+    shutil.copy(native, older)
+    feeds = warp_feeds() if network == "warping_module" else {
+        "feature": np.random.default_rng(2).standard_normal(input_shapes(network, REDUCED)["feature"]).astype(np.float32)
+    }
+    with OrtRunner(native) as fast, OrtRunner(older) as plain:
+        assert (fast.source, plain.source) == (cpu, older)
+        output = NETWORK_IO[network][1][0]
+        want, got = plain.infer(feeds)[output], fast.infer(feeds)[output]
+    assert got.shape == want.shape and rel_err(want, got) <= 2e-5
+
+
+def test_openvino_runs_the_cpu_graphs_like_onnxruntime(reduced_models: Path, tmp_path: Path) -> None:
     path = reduced_models / NETWORK_ONNX["warping_module"]
     feeds = warp_feeds()
     with OrtRunner(path) as ort_runner:
         want = ort_runner.infer(feeds)["out"]
     with engines.open_runner(path, "openvino", engine_dir=tmp_path) as runner:  # compiles, caching in engine_dir
         assert runner.backend == "openvino-cpu f32"
+        assert runner.source == reduced_models / REQUIRED_CPU_GRAPH
         assert [(s.name, s.shape) for s in runner.inputs] == [(s.name, s.shape) for s in ort_runner.inputs]
         got = runner.infer(feeds)["out"]
     assert got.shape == want.shape and rel_err(want, got) <= 1e-5
@@ -95,7 +116,7 @@ def test_openvino_refusals_are_one_line(reduced_models: Path, tmp_path: Path, mo
     folder = tmp_path / "models"
     folder.mkdir()
     shutil.copy(reduced_models / NETWORK_ONNX["warping_module"], folder)
-    missing = f"model file {folder / GATHER_WARP_ONNX} is missing; run `python -m export onnx` (with --force) to create it"
+    missing = f"model file {folder / REQUIRED_CPU_GRAPH} is missing; run `python -m export onnx` (with --force) to create it"
     with pytest.raises(ModelLoadError, match="^" + re.escape(missing) + "$"):
         OpenVinoRunner(folder / NETWORK_ONNX["warping_module"])
     monkeypatch.setattr("engines.openvino.cpu_capabilities", lambda: frozenset({"FP32", "INT8"}))
@@ -114,7 +135,7 @@ def test_openvino_interrupt_refuses_the_next_inference(reduced_models: Path, tmp
             runner.infer(feeds)
 
 
-def test_auto_takes_openvino_on_a_cpu_when_the_folder_has_the_gather_warp(
+def test_auto_takes_openvino_on_a_cpu_when_the_folder_has_the_cpu_graphs(
     reduced_models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(select, "_tensorrt_problem", lambda *args: ("no NVIDIA GPU was found", ""))
@@ -123,7 +144,8 @@ def test_auto_takes_openvino_on_a_cpu_when_the_folder_has_the_gather_warp(
     cpu_reasons = "no NVIDIA GPU was found, and ONNX Runtime's CUDA provider did not start (onnxruntime-gpu is not installed)"
     assert choose_backend("auto", reduced_models) == BackendChoice("openvino", f"OpenVINO f32 on the CPU: {cpu_reasons}.")
     assert choose_backend("openvino", reduced_models) == BackendChoice("openvino", "OpenVINO f32 on the CPU, as asked.")
-    lacks = f"{tmp_path} lacks {GATHER_WARP_ONNX} (export again with `python -m export onnx --force`)"
+    assert (select.fastest_cpu_backend(reduced_models), select.fastest_cpu_backend(tmp_path)) == ("openvino", "cpu")
+    lacks = f"{tmp_path} lacks {REQUIRED_CPU_GRAPH} (export again with `python -m export onnx --force`)"
     assert choose_backend("auto", tmp_path).reason == (
         "ONNX Runtime on the CPU: no NVIDIA GPU was found, ONNX Runtime's CUDA provider did not start "
         f"(onnxruntime-gpu is not installed), and {lacks}."

@@ -17,8 +17,7 @@ from export.checkpoints import CheckpointError, load_network
 from export.config import OFFICIAL, REDUCED, ArchConfig
 from export.fake_weights import write_fake_weights
 from export import onnx_export
-from engines.layout import CHECKPOINTS, FACE_INPUT_SHAPES, FACE_MODELS, FACE_ONNX, MODEL_FILES, NETWORK_ONNX
-from engines.openvino import GATHER_WARP_ONNX
+from engines.layout import CHECKPOINTS, CPU_ONNX, FACE_INPUT_SHAPES, FACE_MODELS, FACE_ONNX, MODEL_FILES, NETWORK_ONNX
 from export.networks import NETWORK_IO, NETWORK_NAMES, example_inputs, fold_spectral_norm, input_shapes
 from export.onnx_export import (
     ExportError,
@@ -44,7 +43,8 @@ def _dims(value_info: onnx.ValueInfoProto) -> tuple[int, ...]:
 
 def _check_models_folder(out: Path, rows: list[VerifyRow], cfg: ArchConfig) -> None:
     """Every contract file exists, checks, has static contract I/O; every network output verified."""
-    assert sorted(p.name for p in out.iterdir()) == sorted([*MODEL_FILES.values(), GATHER_WARP_ONNX])
+    files = sorted(p.name for p in out.iterdir() if p.is_file())  # the session's runs may have cached engines there
+    assert files == sorted([*MODEL_FILES.values(), *CPU_ONNX.values()])
     for name, file_name in NETWORK_ONNX.items():
         model = onnx.load(str(out / file_name))
         onnx.checker.check_model(model, full_check=True)
@@ -53,9 +53,15 @@ def _check_models_folder(out: Path, rows: list[VerifyRow], cfg: ArchConfig) -> N
         assert tuple(o.name for o in model.graph.output) == NETWORK_IO[name][1]
         assert all(all(d > 0 for d in _dims(o)) for o in model.graph.output), f"{name} has dynamic output dims"
     expected = [(n, o) for n in NETWORK_NAMES for o in NETWORK_IO[n][1]]
-    expected.insert(expected.index(("warping_module", "out")) + 1, ("warping_module (gather)", "out"))
+    for name in ("warping_module", "spade_generator"):
+        output = NETWORK_IO[name][1][0]
+        expected.insert(expected.index((name, output)) + 1, (f"{name} (CPU graph)", output))
     assert [(r.network, r.output) for r in rows] == expected
-    assert "GridSample" not in _ops(out / GATHER_WARP_ONNX)
+    cpu_warp, cpu_generator = (_ops(out / CPU_ONNX[NETWORK_ONNX[n]]) for n in ("warping_module", "spade_generator"))
+    assert "GridSample" not in cpu_warp
+    # the reduced networks' 3x3 convolutions of 32x32 pixels or more are Winograd products: W's hourglass levels
+    # at 64x64 and 32x32, its decoder convolution and `third`; all of G's but the 1x1 shortcuts
+    assert _ops(out / NETWORK_ONNX["warping_module"])["Conv"] - cpu_warp["Conv"] == 0
     assert all(row.rel_err < 1e-4 for row in rows), [row for row in rows if row.rel_err >= 1e-4]
     assert not _ops(out / NETWORK_ONNX["spade_generator"]).keys() & SPECTRAL_NORM_OPS
 
@@ -80,10 +86,11 @@ def test_verification_table_is_logged(exported: tuple[Path, list[VerifyRow], lis
     _, rows, lines = exported
     table = lines[-1].splitlines()
     assert table[0] == "| network | output | max abs err | rel err |"
-    assert len(table) == 2 + len(rows) == 2 + 14
+    assert len(table) == 2 + len(rows) == 2 + 15
     assert table[2 + 8].startswith("| warping_module | out | ")
-    assert table[2 + 9].startswith("| warping_module (gather) | out | ")
-    assert sum(line.startswith("exported ") for line in lines) == len(NETWORK_NAMES) + 1  # + W with gathers
+    assert table[2 + 9].startswith("| warping_module (CPU graph) | out | ")
+    assert table[2 + 11].startswith("| spade_generator (CPU graph) | image | ")
+    assert sum(line.startswith("exported ") for line in lines) == len(NETWORK_NAMES) + len(CPU_ONNX)
 
 
 def test_face_models_get_static_inputs_and_compute_what_the_release_files_compute(
@@ -167,7 +174,7 @@ def test_refuses_to_overwrite(exported: tuple[Path, list[VerifyRow], list[str]],
     with pytest.raises(ExportError) as info:
         export_models(reduced_weights, out)
     assert str(info.value) == (
-        f"{out} already holds 11 model file(s) ({', '.join([*MODEL_FILES.values(), GATHER_WARP_ONNX])}); "
+        f"{out} already holds 12 model file(s) ({', '.join([*MODEL_FILES.values(), *CPU_ONNX.values()])}); "
         "pass --force to replace them"
     )
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
@@ -210,7 +217,7 @@ def test_a_failed_verification_leaves_the_models_folder_as_it_was(
         return []
 
     monkeypatch.setattr(onnx_export, "export_network", write_without_tracing)
-    monkeypatch.setattr(onnx_export, "export_gather_warp", write_without_tracing)
+    monkeypatch.setattr(onnx_export, "export_cpu_graph", lambda *args: args[4].write_bytes(b"new") and [])
     with pytest.raises(VerificationError, match=r"^ONNX Runtime disagrees with PyTorch for lip/delta"):
         export_models(reduced_weights, out, overwrite=True, log=lambda line: None)
     assert sorted(p.name for p in out.iterdir()) == sorted(MODEL_FILES.values())  # no staging folder left
