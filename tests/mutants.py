@@ -78,6 +78,16 @@ MUTANTS = (
            "            pass  # a CPU frame can take seconds", ("tests/test_ui_real.py",)),
     Mutant("scale-lock", "realtime/live.py", "motion = replace(motion, scale=self.reference.scale)", "motion = motion",
            ("tests/test_live.py::test_lock_scale_keeps_the_reference_scale",)),
+    # the CPU graphs
+    Mutant("winograd-pixel-order", "export/winograd.py", 'blocksize=m, mode="DCR"', 'blocksize=m, mode="CRD"',
+           ("tests/test_winograd.py",)),
+    Mutant("winograd-depth-taps", "export/winograd.py", "u = np.moveaxis(u, 0, 2)", "u = np.moveaxis(u[::-1], 0, 2)",
+           ("tests/test_winograd.py",)),
+    Mutant("cpu-graph-unread", "engines/ort.py", "source = self.path if want_cuda else cpu_model_file(self.path)",
+           "source = self.path",
+           ("tests/test_cpu_backend.py::test_onnxruntime_on_the_cpu_reads_the_cpu_graph_when_the_folder_has_it",)),
+    Mutant("cpu-graph-unchecked", "export/onnx_export.py", "if worst <= REL_TOLERANCE:", "if True:",
+           ("tests/test_winograd.py::test_export_falls_back_to_a_more_exact_plan_when_one_fails_verification",)),
 )
 
 
