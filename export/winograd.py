@@ -133,6 +133,7 @@ class _Builder:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self.shared: dict[str, str] = {}
+        self.inputs: dict[tuple[str, int], str] = {}
 
     def const(self, name: str, value: np.ndarray) -> str:
         self.initializers.append(numpy_helper.from_array(value, name))
@@ -151,31 +152,49 @@ class _Builder:
     def shape(self, prefix: str, dims: tuple[int, ...]) -> str:
         return self.const(f"{prefix}/shape{len(self.initializers)}", np.array(dims, dtype=np.int64))
 
-    def rewrite(self, plan: ConvPlan, prefix: str) -> None:
-        """The nodes computing plan.node's output from its input: transform, product, inverse transform."""
+    def transformed_input(self, plan: ConvPlan, prefix: str) -> str:
+        """plan.node's input in the Winograd domain: [a*a, C, tiles], or [a*a, C, (D+2) tiles] with the depth padding
+        for a 3-D convolution. Made once per input tensor and tile: convolutions that read the same tensor (each
+        SPADE's gamma and beta) share it."""
+        key = (plan.node.input[0], plan.tile)
+        if key in self.inputs:
+            return self.inputs[key]
         a, m = plan.tile + 2, plan.tile
-        g, input_kernel, output_matrix = transforms(m)
-        k, c = plan.weight.shape[:2]
+        c = plan.weight.shape[1]
         depth = plan.shape[2] if plan.weight.ndim == 5 else 1
         height, width = plan.shape[-2:]
-        th, tw = height // m, width // m
-        tiles = th * tw
+        tiles = (height // m) * (width // m)
         x = self.op("Reshape", [plan.node.input[0], self.shape(prefix, (c * depth, 1, height, width))], f"{prefix}/planes")
-        kernel = self.shared_const(f"winograd{m}/input_kernel", input_kernel)
+        kernel = self.shared_const(f"winograd{m}/input_kernel", transforms(m)[1])
         v = self.op("Conv", [x, kernel], f"{prefix}/tiles", strides=[m, m], pads=[1, 1, 1, 1])  # [C*D, a*a, th, tw]
-        # U[ab, k, c] = G g G^T per depth tap; float64 so the only rounding is the final cast
-        u = np.einsum("ai,kc...ij,bj->...abkc", g, plan.weight.astype(np.float64), g)
         if depth == 1:
             v = self.op("Reshape", [v, self.shape(prefix, (c, a * a, tiles))], f"{prefix}/v3")
             v = self.op("Transpose", [v], f"{prefix}/v", perm=[1, 0, 2])  # [a*a, C, tiles]
-            u = u.reshape(a * a, k, c).astype(np.float32)
-            y = self.op("MatMul", [self.const(f"{prefix}/U", u), v], f"{prefix}/product")  # [a*a, K, tiles]
         else:
             v = self.op("Reshape", [v, self.shape(prefix, (c, depth, a * a, tiles))], f"{prefix}/v4")
             v = self.op("Transpose", [v], f"{prefix}/v", perm=[2, 0, 1, 3])  # [a*a, C, D, tiles]
             pads = self.const(f"{prefix}/pads", np.array([0, 0, 1, 0, 0, 0, 1, 0], dtype=np.int64))
             v = self.op("Pad", [v, pads], f"{prefix}/vpad")  # zero depth planes: the depth padding
             v = self.op("Reshape", [v, self.shape(prefix, (a * a, c, (depth + 2) * tiles))], f"{prefix}/vflat")
+        self.inputs[key] = v
+        return v
+
+    def rewrite(self, plan: ConvPlan, prefix: str) -> None:
+        """The nodes computing plan.node's output from its input: transform, product, inverse transform."""
+        a, m = plan.tile + 2, plan.tile
+        g, _, output_matrix = transforms(m)
+        k, c = plan.weight.shape[:2]
+        depth = plan.shape[2] if plan.weight.ndim == 5 else 1
+        height, width = plan.shape[-2:]
+        th, tw = height // m, width // m
+        tiles = th * tw
+        v = self.transformed_input(plan, prefix)
+        # U[ab, k, c] = G g G^T per depth tap; float64 so the only rounding is the final cast
+        u = np.einsum("ai,kc...ij,bj->...abkc", g, plan.weight.astype(np.float64), g)
+        if depth == 1:
+            u = u.reshape(a * a, k, c).astype(np.float32)
+            y = self.op("MatMul", [self.const(f"{prefix}/U", u), v], f"{prefix}/product")  # [a*a, K, tiles]
+        else:
             # one product for the three depth taps, [a*a, 3K, (D+2) tiles]; tap z reads depth planes z .. z+D-1
             u = np.moveaxis(u, 0, 2).reshape(a * a, 3 * k, c).astype(np.float32)
             y = self.op("MatMul", [self.const(f"{prefix}/U", u), v], f"{prefix}/taps")

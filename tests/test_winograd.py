@@ -89,6 +89,30 @@ def test_other_convolutions_stay_direct(model: onnx.ModelProto) -> None:
     assert [n.op_type for n in rewritten.graph.node] == ["Conv"]
 
 
+def test_convolutions_of_one_input_share_its_transform() -> None:
+    """SPADE's gamma and beta read the same tensor: one input transform (Conv) serves both products."""
+    gamma, beta = conv_graph(40, 36, (16, 16)), conv_graph(40, 32, (16, 16))
+    graph = gamma.graph
+    beta_node = beta.graph.node[0]
+    beta_node.input[1:] = ["w2", "b2"]
+    beta_node.output[0] = "y2"
+    beta_node.name = "/block/beta/Conv"
+    graph.node.append(beta_node)
+    for tensor, name in zip(beta.graph.initializer, ("w2", "b2")):
+        tensor.name = name
+        graph.initializer.append(tensor)
+    graph.output.append(helper.make_tensor_value_info("y2", TensorProto.FLOAT, None))
+    rewritten, counts = winograd_convs(gamma)
+    assert counts == {4: 2}
+    ops = [n.op_type for n in rewritten.graph.node]
+    assert ops.count("Conv") == 1 and ops.count("MatMul") == 4
+    x = np.random.default_rng(1).standard_normal((1, 40, 16, 16)).astype(np.float32)
+    sessions = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]) for m in (gamma, rewritten)]
+    (want_gamma, want_beta), (got_gamma, got_beta) = (s.run(None, {"x": x}) for s in sessions)
+    for want, got in ((want_gamma, got_gamma), (want_beta, got_beta)):
+        assert got.shape == want.shape and np.abs(got - want).max() / np.abs(want).max() < 1e-5
+
+
 def test_the_tile_choice_names_the_nodes_it_skips() -> None:
     model = conv_graph(40, 36, (16, 16))
     seen: list[str] = []
