@@ -47,7 +47,7 @@ FACE_ONNX = {name: Path(rel).name for name, rel in FACE_MODELS.items()}
 MODEL_FILES = {**NETWORK_ONNX, **FACE_ONNX}
 
 #: the CPU graphs of the two heavy networks, written beside the native files by `python -m export onnx`: the same
-#: networks with Winograd 3x3 convolutions (export/winograd.py; about 2.8x fewer multiplications) and, for W,
+#: networks with Winograd 3x3 convolutions (export/winograd.py; 2.25x to 4x fewer multiplications) and, for W,
 #: gathers in place of the 5-D grid samples that OpenVINO cannot read. The CPU backends read them in place of the
 #: native file; the GPU backends never do.
 CPU_ONNX = {

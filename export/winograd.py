@@ -98,14 +98,14 @@ def _attributes(node: onnx.NodeProto) -> dict[str, object]:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def _plan(node: onnx.NodeProto, shapes: dict[str, tuple[int, ...]], weights: dict[str, np.ndarray],
+def _plan(node: onnx.NodeProto, shapes: dict[str, tuple[int, ...]], initializers: dict[str, onnx.TensorProto],
           tile: int, min_channels: int) -> ConvPlan | None:
     """The plan for `node` if it is a stride-1, pad-1, ungrouped 3x3(x3) convolution of batch 1 with at least
     `min_channels` input and output channels, whose height and width are multiples of `tile` and at least MIN_SIDE;
     else None."""
-    if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in weights:
+    if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in initializers:
         return None
-    weight = weights[node.input[1]]
+    weight = numpy_helper.to_array(initializers[node.input[1]])
     shape = shapes.get(node.input[0])
     if shape is None or weight.ndim not in (4, 5) or len(shape) != weight.ndim or shape[0] != 1:
         return None
@@ -120,14 +120,16 @@ def _plan(node: onnx.NodeProto, shapes: dict[str, tuple[int, ...]], weights: dic
     height, width = shape[-2:]
     if height % tile or width % tile or min(height, width) < MIN_SIDE or min(weight.shape[:2]) < min_channels:
         return None
-    bias = weights.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-    if len(node.input) > 2 and node.input[2] and bias is None:
+    bias_name = node.input[2] if len(node.input) > 2 else ""
+    if bias_name and bias_name not in initializers:
         return None
+    bias = numpy_helper.to_array(initializers[bias_name]) if bias_name else None
     return ConvPlan(node, tile, tuple(shape), weight, bias)
 
 
 class _Builder:
-    """Appends the nodes and constants of the rewritten convolutions, each under its own name prefix."""
+    """Builds the rewritten graph's node list (kept nodes appended as they come) and the rewritten convolutions'
+    constants, each convolution under its own name prefix."""
 
     def __init__(self) -> None:
         self.nodes: list[onnx.NodeProto] = []
@@ -215,12 +217,10 @@ class _Builder:
         y = self.op("DepthToSpace", [y], f"{prefix}/ordered", blocksize=m, mode="DCR")  # [1, K*D, H, W]
         out_shape = (1, k, height, width) if plan.weight.ndim == 4 else (1, k, depth, height, width)
         output = plan.node.output[0]
-        if plan.bias is None:
-            self.op("Reshape", [y, self.shape(prefix, out_shape)], output)
-            return
-        y = self.op("Reshape", [y, self.shape(prefix, out_shape)], f"{prefix}/nobias")
-        bias = plan.bias.astype(np.float32).reshape((1, k) + (1,) * (len(out_shape) - 2))
-        self.op("Add", [y, self.const(f"{prefix}/bias", bias)], output)
+        y = self.op("Reshape", [y, self.shape(prefix, out_shape)], output if plan.bias is None else f"{prefix}/nobias")
+        if plan.bias is not None:
+            bias = plan.bias.astype(np.float32).reshape((1, k) + (1,) * (len(out_shape) - 2))
+            self.op("Add", [y, self.const(f"{prefix}/bias", bias)], output)
 
 
 def winograd_convs(
@@ -235,20 +235,18 @@ def winograd_convs(
         for v in [*graph.input, *graph.value_info, *graph.output]
         if all(d.HasField("dim_value") for d in v.type.tensor_type.shape.dim)
     }
-    weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    initializers = {t.name: t for t in graph.initializer}
     builder = _Builder()
-    nodes: list[onnx.NodeProto] = []
     rewritten: Counter[int] = Counter()
     for node in graph.node:
         tile = tile_for(node.name) if node.op_type == "Conv" else None
-        plan = _plan(node, shapes, weights, tile, min_channels) if tile else None
+        plan = _plan(node, shapes, initializers, tile, min_channels) if tile else None
         if plan is None:
-            nodes.append(node)
+            builder.nodes.append(node)
             continue
-        start = len(builder.nodes)
         builder.rewrite(plan, f"{node.output[0]}/winograd{tile}")
-        nodes += builder.nodes[start:]
         rewritten[tile] += 1
+    nodes = builder.nodes
     used = {name for node in nodes for name in node.input}
     kept = [t for t in graph.initializer if t.name in used]
     del graph.node[:]

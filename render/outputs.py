@@ -119,6 +119,12 @@ def has_audio(path: Path) -> bool:
     return re.search(r"Stream #\d+:\d+.*: Audio:", probe.stderr) is not None
 
 
+def _ffmpeg_reason(stderr: bytes, returncode: int) -> str:
+    """Why ffmpeg failed: its own last line of error output, else its exit code."""
+    lines = stderr.decode(errors="replace").strip().splitlines()
+    return lines[-1] if lines else f"ffmpeg exit {returncode}"
+
+
 class VideoFile:
     """An .mp4 written frame by frame from RGB frames; it never replaces an existing file unless allowed. The video
     size is the first frame's; later frames of another size (a new portrait) are letterboxed into it. With
@@ -195,10 +201,7 @@ class VideoFile:
         if kill:
             process.kill()
         _, err = process.communicate()  # it ignores a broken pipe itself
-        if process.returncode == 0:
-            return None
-        lines = err.decode(errors="replace").strip().splitlines()
-        return lines[-1] if lines else f"ffmpeg exit {process.returncode}"
+        return None if process.returncode == 0 else _ffmpeg_reason(err, process.returncode)
 
     def close(self) -> None:
         """Finish the file and rename it into place; a failed encode removes it and raises with ffmpeg's last line
@@ -224,7 +227,11 @@ class VideoFile:
         the video's length (frames / fps), in a new temporary file; the silent one is removed. A second pass over
         finished files, because -shortest on the frame pipe let the sound run up to a second past a video whose
         frames came slowly."""
-        muxed = partial_file(self.target)
+        try:
+            muxed = partial_file(self.target)
+        except OSError as exc:
+            video.unlink(missing_ok=True)
+            raise RecordError(self._failed(exc.strerror or str(exc))) from None
         command = [
             self.exe, "-hide_banner", "-loglevel", "error", "-y", "-i", str(video),
             "-ss", f"{self.audio_start:.3f}", "-i", str(self.audio_from), "-map", "0:v", "-map", "1:a",
@@ -240,8 +247,7 @@ class VideoFile:
             video.unlink(missing_ok=True)
         if result.returncode != 0:
             muxed.unlink(missing_ok=True)
-            lines = result.stderr.decode(errors="replace").strip().splitlines()
-            raise RecordError(self._failed(lines[-1] if lines else f"ffmpeg exit {result.returncode}"))
+            raise RecordError(self._failed(_ffmpeg_reason(result.stderr, result.returncode)))
         return muxed
 
     def _publish(self, partial: Path) -> None:
