@@ -2,7 +2,7 @@
 
 `python -m bench.cpu --models DIR [--weights W] [--rounds N]` times, on the same inputs, every CPU configuration:
 ONNX Runtime on the native graphs without denormal flushing (this project before), the `cpu` backend (ONNX
-Runtime, denormals flushed, the CPU graphs with Winograd convolutions), OpenVINO f32 (`openvino`) and bf16
+Runtime, denormals flushed, the CPU graphs with Winograd and Fourier-domain convolutions), OpenVINO f32 (`openvino`) and bf16
 (`openvino-bf16`, where the CPU has it) on the CPU graphs, and PyTorch fp32 eager, the
 stand-in for the official code (same architecture; the same weights with --weights, else fake ones: speed does
 not depend on weight values). Runs are interleaved (each round runs every network once in every configuration,

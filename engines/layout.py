@@ -48,8 +48,9 @@ MODEL_FILES = {**NETWORK_ONNX, **FACE_ONNX}
 
 #: the CPU graphs of the two heavy networks, written beside the native files by `python -m export onnx`: the same
 #: networks with Winograd 3x3 convolutions (export/winograd.py; 2.25x to 4x fewer multiplications) and, for W,
-#: gathers in place of the 5-D grid samples that OpenVINO cannot read. The CPU backends read them in place of the
-#: native file; the GPU backends never do.
+#: its 7x7x7 mask convolution in the Fourier domain (export/fft_conv.py; 10x fewer) and gathers in place of the
+#: 5-D grid samples that OpenVINO cannot read. The CPU backends read them in place of the native file; the GPU
+#: backends never do.
 CPU_ONNX = {
     NETWORK_ONNX["warping_module"]: "warping_module_cpu.onnx",
     NETWORK_ONNX["spade_generator"]: "spade_generator_cpu.onnx",

@@ -1,8 +1,8 @@
 """OpenVINO backend (CPU): the fastest CPU runner here, f32 or (on CPUs with native bf16) bf16.
 
-It reads the CPU graphs of the models folder (engines.layout.CPU_ONNX: Winograd convolutions, and for the warping
-module gathers in place of the 5-D GridSample that OpenVINO cannot read, "only supported for 4D input tensors"),
-so W's CPU graph is required. Compiled models are cached under the models folder's engine cache, so a second
+It reads the CPU graphs of the models folder (engines.layout.CPU_ONNX: Winograd and Fourier-domain convolutions,
+and for the warping module gathers in place of the 5-D GridSample that OpenVINO cannot read, "only supported for
+4D input tensors"), so W's CPU graph is required. Compiled models are cached under the models folder's engine cache, so a second
 start skips compilation. Denormals are flushed: the warping module's keypoint heatmaps underflow into denormal
 floats, which slow every convolution that reads them on some CPUs.
 """

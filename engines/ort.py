@@ -58,7 +58,7 @@ class OrtRunner(Runner):
     `device` is "cpu" or "cuda" ("auto" is resolved by engines.open_runner). ONNX Runtime silently falls back to
     CPU when CUDA cannot start, so the providers the session actually got are checked: a CUDA session that fell
     back is refused with the reason (engines.ort_cuda), never run on the CPU. On the CPU it reads the network's
-    CPU graph (engines.layout.CPU_ONNX: Winograd convolutions) when the models folder has one.
+    CPU graph (engines.layout.CPU_ONNX: Winograd and Fourier-domain convolutions) when the models folder has one.
     """
 
     def __init__(self, path: Path, device: str = "cpu") -> None:

@@ -5,7 +5,8 @@ Verification runs each file in ONNX Runtime CPU on random inputs drawn with anot
 inputs, so a graph that baked the tracing inputs in as constants fails it; it compares on those inputs only.
 The face models get static input shapes (TensorRT builds static engines) and are checked against the originals.
 W and G are also written as CPU graphs (engines.layout.CPU_ONNX) for the CPU backends: Winograd convolutions
-(export.winograd) and, for W, gathers in place of the 5-D GridSample OpenVINO cannot read; each is checked
+(export.winograd) and, for W, the 7x7x7 convolution in the Fourier domain (export.fft_conv) and gathers in place of
+the 5-D GridSample OpenVINO cannot read; each is checked
 against the native PyTorch module like every file. The native graphs stay for the GPU backends.
 Everything is written into a staging folder inside the models folder and moved in only once all of it is
 verified, so a failed or interrupted export never leaves wrong files where the app loads them.
@@ -20,7 +21,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import onnx
@@ -31,6 +32,7 @@ from export.checkpoints import GET_WEIGHTS, CheckpointError, folder_arch, load_a
 from export.config import ArchConfig
 from engines.layout import CPU_ONNX, FACE_INPUT_SHAPES, FACE_MODELS, FACE_ONNX, MODEL_FILES, NETWORK_ONNX
 from export.networks import NETWORK_IO, example_inputs, fold_spectral_norm
+from export.fft_conv import fft_convs
 from export.winograd import winograd_convs
 
 OPSET = 20
@@ -225,18 +227,36 @@ def verify_face_model(original: Path, static: Path, name: str) -> None:
 
 #: a Winograd tile per Conv node name (None: the convolution stays direct)
 TileChoice = Callable[[str], int | None]
-#: the Winograd plans of each CPU graph, fastest first; the export keeps the first that passes verification.
-#: F(4, 3) rounds about ten times more than a direct convolution. In G the main path's convolutions feed six
-#: residual blocks, where that adds up to 1.4e-4 of the image (fake official weights, against the native file;
-#: 1e-4 allowed): so G's first plan keeps them at F(2, 3) and uses F(4, 3) on the SPADE modulation convolutions
-#: only (6e-5; 3.6e-5 from float64 PyTorch); then F(2, 3) everywhere (4e-5); then none. W passes with F(4, 3)
-#: everywhere (2.2e-6).
-CPU_GRAPH_PLANS: dict[str, list[tuple[str, TileChoice]]] = {
-    "warping_module": [("F(4,3)", lambda node: 4), ("F(2,3)", lambda node: 2), ("direct", lambda node: None)],
+
+
+class CpuGraphPlan(NamedTuple):
+    """How a CPU graph computes its convolutions: 3x3 ones as Winograd by `tile_for`, large 3-D ones in the
+    Fourier domain when `fourier`."""
+
+    label: str
+    tile_for: TileChoice
+    fourier: bool = False
+
+
+#: the plans of each CPU graph, fastest first; the export keeps the first that passes verification.
+#: F(4, 3) rounds about ten times more than a direct convolution, and in G the main path's convolutions feed six
+#: residual blocks where that adds up: F(4, 3) everywhere is 1.3e-4 of the image (fake official weights, against
+#: float64 PyTorch; 1e-4 allowed). So G's first plan uses F(4, 3) in the SPADE modulations, the two upsampling
+#: blocks and the second convolution of each residual block (8.4e-5; 5.5 s in OpenVINO), the next one in the
+#: modulations only (3.6e-5; 5.9 s), then F(2, 3) everywhere, then none. W passes with F(4, 3) everywhere and its
+#: mask convolution in the Fourier domain (1.8e-6).
+CPU_GRAPH_PLANS: dict[str, list[CpuGraphPlan]] = {
+    "warping_module": [
+        CpuGraphPlan("F(4,3)", lambda node: 4, fourier=True),
+        CpuGraphPlan("F(2,3)", lambda node: 2, fourier=True),
+        CpuGraphPlan("direct", lambda node: None),
+    ],
     "spade_generator": [
-        ("F(4,3) in the SPADE modulations, F(2,3) elsewhere", lambda node: 4 if "/mlp_" in node else 2),
-        ("F(2,3)", lambda node: 2),
-        ("direct", lambda node: None),
+        CpuGraphPlan("F(4,3) in the SPADE modulations, the upsampling blocks and each block's conv_1, F(2,3) elsewhere",
+                     lambda node: 4 if any(part in node for part in ("/mlp_", "/up_", "/conv_1/")) else 2),
+        CpuGraphPlan("F(4,3) in the SPADE modulations, F(2,3) elsewhere", lambda node: 4 if "/mlp_" in node else 2),
+        CpuGraphPlan("F(2,3)", lambda node: 2),
+        CpuGraphPlan("direct", lambda node: None),
     ],
 }
 
@@ -246,15 +266,16 @@ def export_cpu_graph(
     reference: tuple[np.ndarray, ...] | None, log: Callable[[str], None],
 ) -> list[VerifyRow]:
     """Write the CPU graph of `name` (engines.layout.CPU_ONNX) to `path`: the native file `native` (for W traced
-    again from a copy of `module` with gathers for its grid samples) with its large 3x3 convolutions as Winograd
-    products (export.winograd), by the first of CPU_GRAPH_PLANS that passes verification against the module's
-    `reference` outputs on the verification inputs (the first plan unverified when `reference` is None)."""
+    again from a copy of `module` with gathers for its grid samples) with its large convolutions rewritten
+    (export.winograd, export.fft_conv), by the first of CPU_GRAPH_PLANS that passes verification against the
+    module's `reference` outputs on the verification inputs (the first plan unverified when `reference` is None)."""
     if name == "warping_module":
         export_network(copy.deepcopy(module).use_gather_sampling(), name, example_inputs(name, cfg, seed=TRACE_SEED), path)
         native = path
     graph = onnx.load(str(native))
-    for label, tile_for in CPU_GRAPH_PLANS[name]:
-        model, counts = winograd_convs(graph, tile_for)
+    for plan in CPU_GRAPH_PLANS[name]:
+        model, fourier = fft_convs(graph) if plan.fourier else (graph, {})
+        model, counts = winograd_convs(model, plan.tile_for)
         onnx.checker.check_model(model)
         onnx.save(model, str(path))
         if reference is None:
@@ -263,9 +284,11 @@ def export_cpu_graph(
         rows = [dataclasses.replace(row, network=f"{name} (CPU graph)") for row in rows]
         worst = max(row.rel_err for row in rows)
         if worst <= REL_TOLERANCE:
-            log(f"{name} for the CPU: {sum(counts.values())} convolutions as Winograd {label} (rel err {worst:.1e})")
+            in_fourier = f" and {sum(fourier.values())} in the Fourier domain" if plan.fourier else ""
+            log(f"{name} for the CPU: {sum(counts.values())} convolutions as Winograd{in_fourier}, {plan.label} "
+                f"(rel err {worst:.1e})")
             return rows
-        log(f"{name} for the CPU: Winograd {label} is {worst:.1e} from PyTorch, above {REL_TOLERANCE:g}; trying the next")
+        log(f"{name} for the CPU: the plan {plan.label} is {worst:.1e} from PyTorch, above {REL_TOLERANCE:g}; trying the next")
     return rows  # the direct plan's rows: check_rows reports them
 
 

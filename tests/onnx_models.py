@@ -1,11 +1,13 @@
 """Small ONNX graphs the engine tests build and run: the warping module and generator in miniature (test_trt_build,
-test_trt_runner) and a one-op model (test_backend_select, test_bench_gpu)."""
+test_trt_runner), a one-op model (test_backend_select, test_bench_gpu) and one convolution (test_winograd,
+test_fft_conv)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 
@@ -80,3 +82,29 @@ def one_op_model(path: Path, op: str, elem_type: int) -> None:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     save(model, path)
+
+
+def conv_graph(channels: int, out: int, spatial: tuple[int, ...], bias: bool = True, **attrs: object) -> onnx.ModelProto:
+    """One Conv on a static input [1, channels, *spatial], seeded weights: 3x3(x3) unless `kernel` gives another
+    side (or one side per axis), padded to "same" unless `pads` says otherwise (test_winograd, test_fft_conv)."""
+    kernel = attrs.pop("kernel", 3)
+    sides = tuple(kernel) if isinstance(kernel, tuple) else (kernel,) * len(spatial)
+    group = int(attrs.get("group", 1))
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((out, channels // group) + sides).astype(np.float32)
+    inits = [numpy_helper.from_array(weight, "w")]
+    inputs = ["x", "w"]
+    if bias:
+        inits.append(numpy_helper.from_array(rng.standard_normal(out).astype(np.float32), "b"))
+        inputs.append("b")
+    attrs.setdefault("pads", [side // 2 for side in sides] * 2)
+    node = helper.make_node("Conv", inputs, ["y"], name="/block/conv/Conv", **attrs)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, *spatial])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    graph = helper.make_graph([node], "conv", [x], [y], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+
+
+def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    """`model`'s one output for input x, in ONNX Runtime on the CPU."""
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]

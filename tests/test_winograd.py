@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from export import onnx_export, winograd
 from export.checkpoints import load_network
@@ -17,29 +17,7 @@ from export.config import REDUCED
 from export.onnx_export import REL_TOLERANCE, export_cpu_graph, prepare_for_export, reference_outputs
 from export.networks import example_inputs
 from export.winograd import POINTS, toom_cook, winograd_convs
-
-
-def conv_graph(channels: int, out: int, spatial: tuple[int, ...], bias: bool = True, **attrs: object) -> onnx.ModelProto:
-    """One Conv (3x3 or 3x3x3 unless `kernel_shape` says otherwise) on a static input, seeded weights."""
-    kernel = attrs.pop("kernel", 3)
-    group = int(attrs.get("group", 1))
-    rng = np.random.default_rng(0)
-    weight = rng.standard_normal((out, channels // group) + (kernel,) * len(spatial)).astype(np.float32)
-    inits = [numpy_helper.from_array(weight, "w")]
-    inputs = ["x", "w"]
-    if bias:
-        inits.append(numpy_helper.from_array(rng.standard_normal(out).astype(np.float32), "b"))
-        inputs.append("b")
-    attrs.setdefault("pads", [kernel // 2] * 2 * len(spatial))
-    node = helper.make_node("Conv", inputs, ["y"], name="/block/conv/Conv", **attrs)
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, *spatial])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-    graph = helper.make_graph([node], "conv", [x], [y], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
-
-
-def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+from tests.onnx_models import conv_graph, run
 
 
 @pytest.mark.parametrize("tile", sorted(POINTS))
@@ -133,15 +111,16 @@ def test_export_falls_back_to_a_more_exact_plan_when_one_fails_verification(
     monkeypatch.setattr(winograd, "transforms", broken)
     name = "spade_generator"
     # the reduced G's modulation convolutions are too thin to rewrite: a first plan of F(4, 3) everywhere
-    monkeypatch.setitem(onnx_export.CPU_GRAPH_PLANS, name, [("F(4,3)", lambda node: 4), *onnx_export.CPU_GRAPH_PLANS[name][1:]])
+    first = onnx_export.CpuGraphPlan("F(4,3)", lambda node: 4)
+    monkeypatch.setitem(onnx_export.CPU_GRAPH_PLANS, name, [first, *onnx_export.CPU_GRAPH_PLANS[name][-2:]])
     module = prepare_for_export(load_network(reduced_weights, name, REDUCED), name)
     reference = reference_outputs(module, example_inputs(name, REDUCED, seed=onnx_export.VERIFY_SEED))
     lines: list[str] = []
     path = tmp_path / "spade_generator_cpu.onnx"
     rows = export_cpu_graph(module, name, REDUCED, reduced_models / "spade_generator.onnx", path, reference, lines.append)
-    assert lines[0].startswith("spade_generator for the CPU: Winograd F(4,3) is ")
+    assert lines[0].startswith("spade_generator for the CPU: the plan F(4,3) is ")
     assert lines[0].endswith(f", above {REL_TOLERANCE:g}; trying the next")
-    assert lines[1].startswith("spade_generator for the CPU: 12 convolutions as Winograd F(2,3) (rel err ")
+    assert lines[1].startswith("spade_generator for the CPU: 12 convolutions as Winograd, F(2,3) (rel err ")
     assert [(r.network, r.output) for r in rows] == [("spade_generator (CPU graph)", "image")]
     assert rows[0].rel_err <= REL_TOLERANCE
     names = {t.name for t in onnx.load(str(path)).graph.initializer}
