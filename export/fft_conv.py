@@ -16,13 +16,11 @@ against PyTorch like every other.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
-from export.graph_rewrite import GraphBuilder, plain_conv, rewrite_convs
+from export.graph_rewrite import ConvOperands, GraphBuilder, conv_operands, plain_conv, rewrite_convs
 
 #: outputs per tile side in height and width: 16 ran a 64x64 mask convolution fastest (8: 0.39 s, 16: 0.29 s,
 #: 32: 0.25-0.37 s with 2.9x the stored weights)
@@ -34,36 +32,19 @@ MIN_KERNEL = 5
 MIN_CHANNELS = 32
 
 
-@dataclass(frozen=True)
-class FftPlan:
-    """One 3-D convolution to rewrite: input [1, C, D, H, W], weight [K, C, r_d, r_h, r_w] (odd sides, padded to
-    "same"), bias."""
-
-    node: onnx.NodeProto
-    shape: tuple[int, ...]
-    weight: np.ndarray
-    bias: np.ndarray | None
-
-
 def _plan(node: onnx.NodeProto, shapes: dict[str, tuple[int, ...]], initializers: dict[str, onnx.TensorProto],
-          tile: int) -> FftPlan | None:
-    """The plan for `node` if it is an ungrouped, stride-1, "same"-padded 3-D convolution of batch 1 with odd kernel
+          tile: int) -> ConvOperands | None:
+    """`node`'s operands if it is an ungrouped, stride-1, "same"-padded 3-D convolution of batch 1 with odd kernel
     sides of at least MIN_KERNEL, at least MIN_CHANNELS inputs and height and width multiples of `tile`; else None."""
-    if len(node.input) < 2 or node.input[1] not in initializers:
+    conv = conv_operands(node, shapes, initializers)
+    if conv is None or conv.weight.ndim != 5 or conv.weight.shape[1] < MIN_CHANNELS:
         return None
-    bias_name = node.input[2] if len(node.input) > 2 else ""
-    if bias_name and bias_name not in initializers:
-        return None
-    weight = numpy_helper.to_array(initializers[node.input[1]])
-    shape = shapes.get(node.input[0])
-    if weight.ndim != 5 or shape is None or len(shape) != 5 or shape[0] != 1 or weight.shape[1] < MIN_CHANNELS:
-        return None
-    sides = weight.shape[2:]
+    sides = conv.weight.shape[2:]
     if min(sides) < MIN_KERNEL or any(side % 2 == 0 for side in sides):
         return None
-    if not plain_conv(node, 3, [side // 2 for side in sides] * 2) or shape[3] % tile or shape[4] % tile:
+    if not plain_conv(node, 3, [side // 2 for side in sides] * 2) or conv.shape[3] % tile or conv.shape[4] % tile:
         return None
-    return FftPlan(node, tuple(shape), weight, numpy_helper.to_array(initializers[bias_name]) if bias_name else None)
+    return conv
 
 
 def tile_dft(size: int, side: int, tile: int, half: bool) -> np.ndarray:
@@ -97,7 +78,7 @@ def _f32(x: np.ndarray) -> np.ndarray:
 
 
 class _Builder(GraphBuilder):
-    def rewrite(self, plan: FftPlan, tile: int, prefix: str) -> None:
+    def rewrite(self, plan: ConvOperands, tile: int, prefix: str) -> None:
         """The nodes computing plan.node's output: transforms along W, H and D, one product per frequency, the
         inverse transforms along D, H and W, the bias."""
         k, c, rd, rh, rw = plan.weight.shape

@@ -3,6 +3,7 @@ needs and a small node builder, shared by the CPU graphs' fast convolutions (exp
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -37,6 +38,31 @@ class GraphBuilder:
 
     def reshape(self, x: str, prefix: str, dims: tuple[int, ...], output: str) -> str:
         return self.op("Reshape", [x, self.shape(prefix, dims)], output)
+
+
+@dataclass(frozen=True)
+class ConvOperands:
+    """A Conv node whose weight and bias are constants, with its static batch-1 input shape [1, C, *spatial]."""
+
+    node: onnx.NodeProto
+    shape: tuple[int, ...]
+    weight: np.ndarray
+    bias: np.ndarray | None
+
+
+def conv_operands(node: onnx.NodeProto, shapes: dict[str, tuple[int, ...]],
+                  initializers: dict[str, onnx.TensorProto]) -> ConvOperands | None:
+    """`node`'s operands, or None when its weight or bias is computed, or its input is not of static batch-1 shape
+    with the weight's rank: only such convolutions can be rewritten into constants."""
+    bias_name = node.input[2] if len(node.input) > 2 else ""
+    if len(node.input) < 2 or node.input[1] not in initializers or (bias_name and bias_name not in initializers):
+        return None
+    weight = numpy_helper.to_array(initializers[node.input[1]])
+    shape = shapes.get(node.input[0])
+    if shape is None or len(shape) != weight.ndim or shape[0] != 1:
+        return None
+    bias = numpy_helper.to_array(initializers[bias_name]) if bias_name else None
+    return ConvOperands(node, tuple(shape), weight, bias)
 
 
 def conv_attributes(node: onnx.NodeProto) -> dict[str, object]:

@@ -22,9 +22,8 @@ from typing import Callable
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
-from export.graph_rewrite import GraphBuilder, plain_conv, rewrite_convs
+from export.graph_rewrite import GraphBuilder, conv_operands, plain_conv, rewrite_convs
 
 #: the finite interpolation points of F(m, 3) by m, the outputs per tile side: F(4, 3) multiplies 4x less than a
 #: direct convolution, F(2, 3) 2.25x less with the rounding error of a direct one
@@ -101,23 +100,16 @@ def _plan(node: onnx.NodeProto, shapes: dict[str, tuple[int, ...]], initializers
     """The plan for `node` if it is a stride-1, pad-1, ungrouped 3x3(x3) convolution of batch 1 with at least
     `min_channels` input and output channels, whose height and width are multiples of `tile` and at least MIN_SIDE;
     else None."""
-    if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in initializers:
+    conv = conv_operands(node, shapes, initializers)
+    if conv is None or conv.weight.ndim not in (4, 5):
         return None
-    weight = numpy_helper.to_array(initializers[node.input[1]])
-    shape = shapes.get(node.input[0])
-    if shape is None or weight.ndim not in (4, 5) or len(shape) != weight.ndim or shape[0] != 1:
-        return None
-    spatial = weight.ndim - 2
+    weight, spatial = conv.weight, conv.weight.ndim - 2
     if weight.shape[2:] != (3,) * spatial or not plain_conv(node, spatial, [1] * 2 * spatial):
         return None
-    height, width = shape[-2:]
+    height, width = conv.shape[-2:]
     if height % tile or width % tile or min(height, width) < MIN_SIDE or min(weight.shape[:2]) < min_channels:
         return None
-    bias_name = node.input[2] if len(node.input) > 2 else ""
-    if bias_name and bias_name not in initializers:
-        return None
-    bias = numpy_helper.to_array(initializers[bias_name]) if bias_name else None
-    return ConvPlan(node, tile, tuple(shape), weight, bias)
+    return ConvPlan(node, tile, conv.shape, weight, conv.bias)
 
 
 class _Builder(GraphBuilder):
